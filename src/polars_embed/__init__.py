@@ -1,0 +1,43 @@
+"""polars-embed: embed a Polars text column cheaply, fast and without losing work."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .cache import Cache, DiskCache, MemoryCache
+from .embedder import Embedder
+from .errors import (
+    BudgetExceededError,
+    CacheError,
+    ColumnTypeError,
+    ConfigurationError,
+    InputError,
+    LongInputError,
+    PolarsEmbedError,
+    ProviderError,
+    RowsFailedError,
+)
+from .expr import embed_column
+from .io import read_metadata, write_parquet
+from .providers import Limits
+
+__all__ = [
+    "BudgetExceededError",
+    "Cache",
+    "CacheError",
+    "ColumnTypeError",
+    "ConfigurationError",
+    "DiskCache",
+    "Embedder",
+    "InputError",
+    "Limits",
+    "LongInputError",
+    "MemoryCache",
+    "PolarsEmbedError",
+    "ProviderError",
+    "RowsFailedError",
+    "__version__",
+    "embed_column",
+    "read_metadata",
+    "write_parquet",
+]

@@ -1,0 +1,225 @@
+"""Content-addressed vector cache: ``key -> (float32 vector, token count)``.
+
+Values are raw bytes in a fixed layout, never pickled objects, so opening a cache that
+came from elsewhere cannot execute code. Layout of a value (little-endian)::
+
+    b"PEv1" | uint32 token count | uint32 dim | dim x float32
+
+The interface is four methods (``get_many``, ``set_many``, ``stats``, ``close``) so another
+backend (Redis for many machines) plugs in without touching the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from .errors import CacheError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+_MAGIC = b"PEv1"
+_HEADER = struct.Struct("<4sII")
+
+
+class Cache(Protocol):
+    """What the pipeline needs from a cache backend."""
+
+    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]: ...
+
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def encode_value(vector: np.ndarray, tokens: int) -> bytes:
+    vec = np.ascontiguousarray(vector, dtype="<f4")
+    return _HEADER.pack(_MAGIC, tokens, vec.shape[0]) + vec.tobytes()
+
+
+def decode_value(raw: object, where: str) -> tuple[np.ndarray, int]:
+    if not isinstance(raw, bytes) or len(raw) < _HEADER.size:
+        msg = f"cache {where} holds an entry that polars-embed did not write; clear it with `polars-embed cache clear`"
+        raise CacheError(msg)
+    magic, tokens, dim = _HEADER.unpack_from(raw)
+    if magic != _MAGIC or len(raw) != _HEADER.size + 4 * dim:
+        msg = f"cache {where} holds a damaged entry; clear it with `polars-embed cache clear`"
+        raise CacheError(msg)
+    return np.frombuffer(raw, dtype="<f4", offset=_HEADER.size), tokens
+
+
+def default_cache_dir() -> Path:
+    """``$POLARS_EMBED_CACHE``, else the user cache directory (``~/.cache/polars-embed``)."""
+    env = os.environ.get("POLARS_EMBED_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("polars-embed"))
+
+
+
+def _raw_only_disk() -> type:
+    import diskcache
+
+    class RawOnlyDisk(diskcache.Disk):
+        """A diskcache ``Disk`` that refuses to unpickle: keys and values must be bytes."""
+
+        def get(self, key: Any, raw: bool) -> Any:
+            if not raw:
+                raise CacheError("cache holds a pickled key; refusing to unpickle it")
+            return super().get(key, raw)
+
+        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+            if mode == diskcache.core.MODE_PICKLE:
+                raise CacheError("cache holds a pickled value; refusing to unpickle it")
+            return super().fetch(mode, filename, value, read)
+
+    return RawOnlyDisk
+
+
+class DiskCache:
+    """The default backend: ``diskcache`` (SQLite + files) in a local directory.
+
+    Safe for several threads and several processes at once. Nothing is evicted
+    automatically (``eviction_policy="none"``): ``polars-embed cache prune`` does that.
+    The handle opens lazily, so a ``DiskCache`` pickles as its path.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self._cache: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.directory)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": self.directory}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"])  # type: ignore[misc]
+
+    @property
+    def _db(self) -> Any:
+        if self._cache is None:
+            with self._lock:
+                if self._cache is None:
+                    import diskcache
+
+                    try:
+                        self.directory.mkdir(parents=True, exist_ok=True)
+                        self._cache = diskcache.Cache(
+                            str(self.directory),
+                            disk=_raw_only_disk(),
+                            eviction_policy="none",
+                            size_limit=2**62,
+                            statistics=False,
+                        )
+                    except Exception as exc:
+                        msg = (
+                            f"cannot open the cache at {self.directory} ({exc}); remove the "
+                            f"directory or point POLARS_EMBED_CACHE elsewhere"
+                        )
+                        raise CacheError(msg) from exc
+        return self._cache
+
+    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
+        db = self._db
+        out: list[tuple[np.ndarray, int] | None] = []
+        try:
+            for key in keys:
+                raw = db.get(key, default=None)
+                out.append(None if raw is None else decode_value(raw, str(self.directory)))
+        except CacheError:
+            raise
+        except Exception as exc:
+            msg = f"cannot read the cache at {self.directory} ({exc}); clear it with `polars-embed cache clear`"
+            raise CacheError(msg) from exc
+        return out
+
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None:
+        db = self._db
+        try:
+            with db.transact():
+                for key, vector, tokens in items:
+                    db.set(key, encode_value(vector, tokens))
+        except Exception as exc:
+            msg = f"cannot write to the cache at {self.directory} ({exc})"
+            raise CacheError(msg) from exc
+
+    def stats(self) -> dict[str, Any]:
+        db = self._db
+        return {"backend": "diskcache", "path": str(self.directory), "entries": len(db), "bytes": db.volume()}
+
+    def clear(self) -> int:
+        return int(self._db.clear())
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+
+class MemoryCache:
+    """A dict-backed cache for one process (tests, throwaway notebooks)."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
+        with self._lock:
+            raws = [self._data.get(k) for k in keys]
+        return [None if r is None else decode_value(r, "in memory") for r in raws]
+
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None:
+        with self._lock:
+            for key, vector, tokens in items:
+                self._data[key] = encode_value(vector, tokens)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"backend": "memory", "entries": len(self._data), "bytes": sum(map(len, self._data.values()))}
+
+    def close(self) -> None:
+        pass
+
+
+class NoCache:
+    """``cache=False``: nothing is looked up or stored."""
+
+    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
+        return [None] * len(keys)
+
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"backend": "none", "entries": 0, "bytes": 0}
+
+    def close(self) -> None:
+        pass
+
+
+def open_cache(cache: Cache | str | os.PathLike[str] | bool | None) -> Cache:
+    """``None``/``True``: the default directory; ``False``: no cache; a path or an object."""
+    if cache is None or cache is True:
+        return DiskCache()
+    if cache is False:
+        return NoCache()
+    if isinstance(cache, (str, os.PathLike)):
+        return DiskCache(cache)
+    for method in ("get_many", "set_many", "stats", "close"):
+        if not callable(getattr(cache, method, None)):
+            msg = f"cache= must be a path, True/False or an object with {method}(); got {type(cache).__name__}"
+            raise CacheError(msg)
+    return cache

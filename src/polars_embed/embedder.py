@@ -1,0 +1,483 @@
+"""``Embedder``: configuration, cache, provider, pool, limiter and statistics in one object.
+
+``Embedder.embed(series)`` runs the whole pipeline on one slice of a column:
+plan -> cache lookup -> token count -> pack -> run -> assemble. It is thread-safe (the
+streaming engine calls it from several threads at once) and picklable (clients, pools and
+cache handles are opened lazily and dropped on pickling).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from .cache import open_cache
+from .errors import BudgetExceededError, ConfigurationError, ProviderError, RowsFailedError
+from .pack import pack
+from .plan import as_text, content_keys, key_prefix, make_plan
+from .pricing import price_per_million
+from .providers.base import Limits
+from .providers.openai import OpenAIProvider
+from .runner import Runner, status_of
+from .stats import RunStats, StatsBook
+from .tokens import LongInputPolicy, Piece, prepare_inputs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .cache import Cache
+    from .providers.base import BatchResult, Provider
+
+OnError = Literal["raise", "null"]
+#: Statuses that blame the input rather than the request: bisected down to the row.
+_ROW_STATUSES = (400, 422)
+
+
+def make_provider(
+    model: str,
+    *,
+    dimensions: int | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    limits: Limits | None = None,
+) -> Provider:
+    """``"local:<name>"`` runs offline in-process; anything else is an OpenAI-compatible model."""
+    if model.startswith("local:"):
+        from .providers.local import LocalProvider
+
+        return LocalProvider(model, dimensions=dimensions, limits=limits)
+    return OpenAIProvider(
+        model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
+    )
+
+
+class Embedder:
+    """Holds everything one embedding job needs; reuse it across calls and frames.
+
+    Parameters
+    ----------
+    model
+        ``"text-embedding-3-small"`` (default), ``"-3-large"``, ``"text-embedding-ada-002"``,
+        any model of an OpenAI-compatible ``base_url`` (with ``dimensions=``), or
+        ``"local:all-MiniLM-L6-v2"`` to run offline.
+    dimensions
+        Output size; required for a model not in the table.
+    base_url, api_key
+        Default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``.
+    cache
+        ``None``/``True``: ``$POLARS_EMBED_CACHE`` or the user cache directory; a path; a
+        cache object (``get_many``/``set_many``/``stats``/``close``); ``False``: none.
+    on_long_input
+        Inputs over the per-input token limit: ``"truncate"`` (default), ``"chunk"``
+        (token-weighted mean of the pieces, re-normalised) or ``"error"``.
+    on_error
+        ``"raise"`` (default): after all other rows are embedded and cached, raise
+        ``RowsFailedError`` naming the rows. ``"null"``: failed rows get a null vector and
+        an ``<name>_error`` column says why.
+    price_per_million
+        US dollars per 1M tokens; defaults to the price table (0 for unknown models).
+    max_cost
+        Stop before a request would take this embedder's spending past it (US dollars).
+    limits
+        Per-request limits of the server (inputs, tokens, per-input tokens, encoding).
+    max_workers, rpm, tpm
+        Concurrent requests, and requests/tokens per minute to stay under.
+    timeout, max_attempts, max_retry_seconds
+        Per-request timeout, and the retry bounds.
+    """
+
+    def __init__(
+        self,
+        model: str = "text-embedding-3-small",
+        *,
+        dimensions: int | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        cache: Cache | str | os.PathLike[str] | bool | None = None,
+        on_long_input: LongInputPolicy = "truncate",
+        on_error: OnError = "raise",
+        price_per_million: float | None = None,
+        max_cost: float | None = None,
+        limits: Limits | None = None,
+        max_workers: int = 8,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        timeout: float = 60.0,
+        max_attempts: int = 8,
+        max_retry_seconds: float = 300.0,
+        provider: Provider | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if on_long_input not in ("truncate", "chunk", "error"):
+            msg = f"on_long_input must be 'truncate', 'chunk' or 'error', got {on_long_input!r}"
+            raise ConfigurationError(msg)
+        if on_error not in ("raise", "null"):
+            msg = f"on_error must be 'raise' or 'null', got {on_error!r}"
+            raise ConfigurationError(msg)
+        if max_workers < 1:
+            msg = f"max_workers must be at least 1, got {max_workers}"
+            raise ConfigurationError(msg)
+        self.provider = provider or make_provider(
+            model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
+        )
+        self.cache = open_cache(cache)
+        self.on_long_input = on_long_input
+        self.on_error = on_error
+        self.price = price_per_million_for(self.provider, price_per_million)
+        self.max_cost = max_cost
+        self.runner = Runner(
+            max_workers=max_workers,
+            max_attempts=max_attempts,
+            max_retry_seconds=max_retry_seconds,
+            rpm=rpm,
+            tpm=tpm,
+            sleep=sleep,
+        )
+        self._stats = StatsBook()
+        self._budget_lock = threading.Lock()
+        self._committed_usd = 0.0  # billed so far plus requests in flight (for max_cost)
+        #: Called after each finished request with the number of distinct texts it completed.
+        self.on_progress: Callable[[RunStats], None] | None = None
+
+    # -- configuration -------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self.provider.model
+
+    @property
+    def dimensions(self) -> int:
+        return self.provider.dimensions
+
+    def __repr__(self) -> str:
+        return f"Embedder(provider={self.provider!r}, cache={self.cache!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_budget_lock"]
+        state["on_progress"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._budget_lock = threading.Lock()
+
+    def metadata(self) -> dict[str, str]:
+        """Key-value metadata for files written from this embedder's output."""
+        from . import __version__
+
+        return {
+            "polars_embed.provider": self.provider.name,
+            "polars_embed.model": self.model,
+            "polars_embed.dimensions": str(self.dimensions),
+            "polars_embed.version": __version__,
+        }
+
+    def output_fields(self, name: str = "embedding") -> dict[str, pl.DataType]:
+        """Name and dtype of every output column, known without a request."""
+        out: dict[str, pl.DataType] = {
+            name: pl.Array(pl.Float32, self.dimensions),
+            f"{name}_cache_hit": pl.Boolean(),
+            f"{name}_tokens": pl.UInt32(),
+            f"{name}_cost_usd": pl.Float64(),
+        }
+        if self.on_error == "null":
+            out[f"{name}_error"] = pl.String()
+        return out
+
+    def stats(self) -> pl.DataFrame:
+        """Counters of the last call and of every call so far, as a DataFrame."""
+        return self._stats.frame()
+
+    @property
+    def last_stats(self) -> RunStats:
+        return self._stats.last
+
+    @property
+    def total_stats(self) -> RunStats:
+        return self._stats.total
+
+    def close(self) -> None:
+        self.runner.close()
+        self.cache.close()
+
+    # -- Polars surface ------------------------------------------------------------------
+    def expr(self, column: str | pl.Expr, *, name: str = "embedding") -> pl.Expr:
+        """The expression ``embed_column`` returns: adds the output columns, unnested."""
+        col = pl.col(column) if isinstance(column, str) else column
+        label = column if isinstance(column, str) else _expr_name(column)
+        dtype = pl.Struct(self.output_fields(name))
+        # return_dtype: Polars never calls us on dummy data (that would be a paid request).
+        # is_elementwise: slices may be embedded independently, in parallel, in streaming.
+        return col.map_batches(
+            lambda s: self.embed(s, name=name, column=label).to_struct(name),
+            return_dtype=dtype,
+            is_elementwise=True,
+        ).struct.unnest()
+
+    # -- the pipeline ----------------------------------------------------------------------
+    def embed(self, series: pl.Series, *, name: str = "embedding", column: str | None = None) -> pl.DataFrame:
+        """Embed one Series; returns the output columns, one row per input row."""
+        started = time.perf_counter()
+        column = column or series.name or "text"
+        call = RunStats(rows=len(series))
+        plan = make_plan(as_text(series, column))
+        n_texts, dim = len(plan.texts), self.dimensions
+        call.distinct = n_texts
+        call.duplicate_hits = plan.n_rows - plan.n_blank - n_texts
+
+        vectors = np.zeros((n_texts, dim), dtype=np.float32)
+        tokens = np.zeros(n_texts, dtype=np.int64)
+        cost = np.zeros(n_texts, dtype=np.float64)
+        from_cache = np.zeros(n_texts, dtype=bool)
+        errors: dict[int, str] = {}
+
+        keys = content_keys(plan.texts, key_prefix(self.provider.name, self.model, dim))
+        for i, hit in enumerate(self.cache.get_many(keys)):
+            if hit is not None:
+                vectors[i], tokens[i] = hit
+                from_cache[i] = True
+        call.cache_hits = int(from_cache.sum())
+        misses = np.flatnonzero(~from_cache)
+        call.misses = len(misses)
+
+        failure: BaseException | None = None
+        if len(misses):
+            try:
+                self._fetch(plan, misses, keys, vectors, tokens, cost, errors, call, column)
+            except (ProviderError, BudgetExceededError, KeyboardInterrupt) as exc:
+                failure = exc
+        call.failed_rows = int(np.isin(plan.inverse, list(errors)).sum()) if errors else 0
+        call.wall_seconds = time.perf_counter() - started
+        hit_rows = _hit_rows(plan, from_cache)
+        call.cost_saved_usd = float(tokens[plan.inverse[hit_rows]].sum()) * self.price / 1e6
+        self._stats.record(call)
+        if failure is not None:
+            raise failure
+        if errors and self.on_error == "raise":
+            raise _rows_failed(plan, errors, column)
+        return self._assemble(plan, vectors, tokens, cost, from_cache, errors, name)
+
+    def _fetch(
+        self,
+        plan: Any,
+        misses: np.ndarray,
+        keys: list[bytes],
+        vectors: np.ndarray,
+        tokens: np.ndarray,
+        cost: np.ndarray,
+        errors: dict[int, str],
+        call: RunStats,
+        column: str,
+    ) -> None:
+        """Embed the distinct texts ``misses``; each finished request goes to the cache at once."""
+        limits = self.provider.limits
+        pieces = prepare_inputs(
+            [plan.texts[i] for i in misses],
+            self.provider.tokenizer(),
+            max_input_tokens=limits.max_input_tokens,
+            policy=self.on_long_input,
+            row_of=[int(plan.first_row[i]) for i in misses],
+            column=column,
+        )
+        pieces = [Piece(int(misses[p.owner]), p.text, p.tokens) for p in pieces]
+        call.tokens_counted = sum(p.tokens for p in pieces)
+        requests = pack(
+            [p.tokens for p in pieces],
+            max_inputs=limits.max_inputs,
+            max_tokens=limits.max_request_tokens,
+            min_requests=self.runner.max_workers,
+        )
+        n_pieces = np.zeros(len(vectors), dtype=np.int64)
+        for p in pieces:
+            n_pieces[p.owner] += 1
+        pending = n_pieces.copy()  # pieces not yet back, per text
+        lock = threading.Lock()
+
+        def on_retry(exc: BaseException) -> None:
+            with lock:
+                call.retries += 1
+                call.rate_limited += status_of(exc) == 429
+
+        def finish(batch: list[Piece], result: BatchResult) -> None:
+            """Fold one request's vectors in; store every text whose pieces are all back."""
+            counted = sum(p.tokens for p in batch) or 1
+            done: list[int] = []
+            with lock:
+                call.requests += 1
+                call.tokens_billed += result.billed_tokens
+                for p, vec in zip(batch, result.vectors):
+                    share = result.billed_tokens * p.tokens / counted * self.price / 1e6
+                    cost[p.owner] += share
+                    call.cost_usd += share
+                    tokens[p.owner] += p.tokens
+                    if n_pieces[p.owner] == 1:
+                        vectors[p.owner] = vec  # the server's vector, untouched
+                    else:
+                        vectors[p.owner] += vec * p.tokens  # chunks: token-weighted sum
+                    pending[p.owner] -= 1
+                    if pending[p.owner] == 0:
+                        done.append(p.owner)
+                for i in done:
+                    if n_pieces[i] > 1:  # then re-normalise the mean
+                        norm = float(np.linalg.norm(vectors[i]))
+                        vectors[i] /= norm if norm > 0 else 1.0
+                items = [(keys[i], vectors[i].copy(), int(tokens[i])) for i in done]
+            self.cache.set_many(items)
+            if self.on_progress is not None:
+                self.on_progress(RunStats(rows=len(done), requests=1, tokens_billed=result.billed_tokens))
+
+        def send(batch: list[Piece]) -> None:
+            """One packed request; a row-level 400 is bisected to the offending input(s)."""
+            estimate = sum(p.tokens for p in batch) * self.price / 1e6
+            self._reserve(estimate)
+            try:
+                result = self.runner.call(
+                    lambda: self.provider.embed([p.text for p in batch]),
+                    sum(p.tokens for p in batch),
+                    on_retry,
+                )
+            except ProviderError as exc:
+                self._settle(estimate, 0.0)
+                if exc.status_code not in _ROW_STATUSES:
+                    raise
+                with lock:
+                    call.requests += 1
+                if len(batch) == 1:
+                    with lock:
+                        errors[batch[0].owner] = str(exc)
+                    return
+                half = len(batch) // 2
+                send(batch[:half])
+                send(batch[half:])
+                return
+            self._settle(estimate, result.billed_tokens * self.price / 1e6)
+            finish(batch, result)
+
+        futures: list[Future[None]] = [
+            self.runner.pool.submit(send, [pieces[i] for i in req]) for req in requests
+        ]
+        try:
+            done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+            first_error = next((f.exception() for f in done if f.exception() is not None), None)
+            if first_error is not None:
+                for f in not_done:
+                    f.cancel()
+                wait(not_done)  # requests in flight finish and are cached
+                raise first_error
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            raise
+        # a text whose chunk failed is a failed text, even if other chunks came back
+        for i in list(errors):
+            tokens[i] = 0
+
+    def _reserve(self, estimate: float) -> None:
+        if self.max_cost is None:
+            return
+        with self._budget_lock:
+            if self._committed_usd + estimate > self.max_cost + 1e-12:
+                msg = (
+                    f"stopped before spending more than max_cost=${self.max_cost:g} "
+                    f"(${self._committed_usd:.6f} spent); finished work is cached, rerun with a "
+                    f"higher --max-cost to go on"
+                )
+                raise BudgetExceededError(msg)
+            self._committed_usd += estimate
+
+    def _settle(self, estimate: float, actual: float) -> None:
+        if self.max_cost is None:
+            return
+        with self._budget_lock:
+            self._committed_usd += actual - estimate
+
+    def _assemble(
+        self,
+        plan: Any,
+        vectors: np.ndarray,
+        tokens: np.ndarray,
+        cost: np.ndarray,
+        from_cache: np.ndarray,
+        errors: dict[int, str],
+        name: str,
+    ) -> pl.DataFrame:
+        """Rejoin per-text results to rows (the inverse of the dedupe), in row order."""
+        inv = plan.inverse
+        valid = inv >= 0
+        idx = np.where(valid, inv, 0)
+        ok = valid.copy()
+        if errors:
+            failed_text = np.zeros(len(plan.texts), dtype=bool)
+            failed_text[list(errors)] = True
+            ok &= ~failed_text[idx]
+        dim = self.dimensions
+        if len(plan.texts):
+            flat = vectors[idx].reshape(-1)
+        else:
+            flat = np.zeros(plan.n_rows * dim, dtype=np.float32)
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array(~ok))
+        hit = np.zeros(plan.n_rows, dtype=bool)
+        hit[_hit_rows(plan, from_cache)] = True
+        row_cost = np.zeros(plan.n_rows, dtype=np.float64)
+        if len(plan.texts):
+            row_cost[plan.first_row] = cost
+        columns: dict[str, Any] = {
+            name: pl.Series(name, arr, dtype=pl.Array(pl.Float32, dim)),
+            f"{name}_cache_hit": pl.Series(f"{name}_cache_hit", hit).set(pl.Series(~valid), None)
+            if not valid.all()
+            else pl.Series(f"{name}_cache_hit", hit),
+            f"{name}_tokens": pl.Series(f"{name}_tokens", np.where(valid, tokens[idx], 0).astype(np.uint32)),
+            f"{name}_cost_usd": pl.Series(f"{name}_cost_usd", row_cost),
+        }
+        if self.on_error == "null":
+            reasons = [errors.get(int(i)) if v else None for i, v in zip(idx, valid)] if errors else [None] * plan.n_rows
+            columns[f"{name}_error"] = pl.Series(f"{name}_error", reasons, dtype=pl.String)
+        return pl.DataFrame(columns)
+
+
+def _hit_rows(plan: Any, from_cache: np.ndarray) -> np.ndarray:
+    """Rows for which nothing was paid: a cached text, or a repeat of an earlier row."""
+    inv = plan.inverse
+    rows = np.flatnonzero(inv >= 0)
+    if not len(rows):
+        return rows
+    first = np.zeros(plan.n_rows, dtype=bool)
+    first[plan.first_row] = True
+    keep = from_cache[inv[rows]] | ~first[rows]
+    return rows[keep]
+
+
+def _rows_failed(plan: Any, errors: dict[int, str], column: str) -> RowsFailedError:
+    failures: dict[int, str] = {}
+    for row, i in enumerate(plan.inverse):
+        if i >= 0 and int(i) in errors:
+            failures[row] = errors[int(i)]
+    first_row, reason = next(iter(failures.items()))
+    more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
+    msg = (
+        f"row {first_row}{more} of column {column!r} could not be embedded: {reason}; "
+        f"every other row is embedded and cached (on_error='null' keeps going)"
+    )
+    return RowsFailedError(msg, failures=failures)
+
+
+def price_per_million_for(provider: Provider, override: float | None) -> float:
+    if provider.name == "local":
+        return float(override or 0.0)
+    return price_per_million(provider.model, override)
+
+
+def _expr_name(expr: pl.Expr) -> str:
+    try:
+        return expr.meta.output_name()
+    except Exception:  # an expression without a single root column
+        return str(expr)
+

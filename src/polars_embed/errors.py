@@ -1,0 +1,51 @@
+"""One error family: every failure the library raises on purpose is a ``PolarsEmbedError``.
+
+Each message is one sentence naming the column, the row or the setting at fault, so the
+CLI can print it as a single line.
+"""
+
+from __future__ import annotations
+
+
+class PolarsEmbedError(Exception):
+    """Base class of every error polars-embed raises on purpose."""
+
+
+class ConfigurationError(PolarsEmbedError, ValueError):
+    """A setting is missing or invalid (model, dimensions, key, base URL, limits)."""
+
+
+class InputError(PolarsEmbedError, ValueError):
+    """The input column or one of its rows cannot be embedded as given."""
+
+
+class ColumnTypeError(InputError, TypeError):
+    """The column to embed is not text."""
+
+
+class LongInputError(InputError):
+    """A row is over the provider's per-input token limit and the policy is ``"error"``."""
+
+
+class ProviderError(PolarsEmbedError):
+    """The provider failed a request for good (a 4xx, or retries exhausted)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RowsFailedError(ProviderError):
+    """Some rows could not be embedded; every other row was embedded and cached."""
+
+    def __init__(self, message: str, *, failures: dict[int, str]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
+class BudgetExceededError(PolarsEmbedError):
+    """The next request would take the run past ``max_cost``; finished work is cached."""
+
+
+class CacheError(PolarsEmbedError):
+    """The cache cannot be opened or holds an entry that is not ours."""

@@ -1,0 +1,49 @@
+"""What a provider is: one method that embeds one batch, plus the limits it declares.
+
+Retries, threads, rate limits and caching live outside providers (``runner.py``,
+``embedder.py``), so an adapter stays a few dozen lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..tokens import Tokenizer
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits of a provider (OpenAI's numbers by default).
+
+    Override them for an OpenAI-compatible server with other limits, e.g.
+    ``Limits(max_inputs=10)`` or ``Limits(encoding_format="float")``.
+    """
+
+    max_inputs: int = 2048
+    max_request_tokens: int = 300_000
+    max_input_tokens: int = 8192
+    encoding_format: Literal["base64", "float"] = "base64"
+
+
+@dataclass
+class BatchResult:
+    """Vectors in input order, the tokens the provider billed, and rate-limit headers."""
+
+    vectors: np.ndarray  # (n, dim) float32
+    billed_tokens: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    name: str  # provider family, part of the cache key ("openai", "local")
+    model: str
+    dimensions: int
+    limits: Limits
+
+    def tokenizer(self) -> Tokenizer: ...
+
+    def embed(self, texts: list[str]) -> BatchResult: ...

@@ -1,0 +1,168 @@
+"""Any OpenAI-compatible embeddings endpoint, through the official ``openai`` client.
+
+``max_retries=0``: tenacity in ``runner.py`` owns retries. The body is parsed here, not by
+the client: base64 float32 goes straight into numpy, vectors are placed by their
+``index`` field, and a short, malformed or wrong-dimension answer raises
+``MalformedResponse`` (retried), never a silently misaligned result.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from ..tokens import TiktokenTokenizer
+from .base import BatchResult, Limits
+
+if TYPE_CHECKING:
+    from ..tokens import Tokenizer
+
+#: Output dimensions of known models; ``dimensions=`` overrides (text-embedding-3-* only).
+MODEL_DIMENSIONS: dict[str, int] = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+_SHORTENABLE = ("text-embedding-3-small", "text-embedding-3-large")
+
+
+class MalformedResponse(Exception):
+    """The server answered 200 with a body we cannot trust (retried)."""
+
+
+def resolve_dimensions(model: str, dimensions: int | None, *, custom_server: bool) -> int:
+    """Output dimension known before any request, so the schema costs nothing."""
+    if dimensions is not None:
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            msg = f"dimensions must be a positive integer, got {dimensions!r}"
+            raise ConfigurationError(msg)
+        full = MODEL_DIMENSIONS.get(model)
+        if full is not None and not custom_server:
+            if model not in _SHORTENABLE and dimensions != full:
+                msg = f"model {model!r} does not support dimensions={dimensions}; it always returns {full}"
+                raise ConfigurationError(msg)
+            if dimensions > full:
+                msg = f"model {model!r} returns at most {full} dimensions, got dimensions={dimensions}"
+                raise ConfigurationError(msg)
+        return dimensions
+    if model in MODEL_DIMENSIONS:
+        return MODEL_DIMENSIONS[model]
+    if custom_server:
+        msg = f"model {model!r} is not in the model table; pass dimensions= with its output size"
+    else:
+        known = ", ".join(sorted(MODEL_DIMENSIONS))
+        msg = f"unknown OpenAI model {model!r} (known: {known}); for another server pass base_url= and dimensions="
+    raise ConfigurationError(msg)
+
+
+class OpenAIProvider:
+    """Embeddings from OpenAI or any server that speaks its ``/v1/embeddings``."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str = "text-embedding-3-small",
+        *,
+        dimensions: int | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        limits: Limits | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.dimensions = resolve_dimensions(model, dimensions, custom_server=self.base_url is not None)
+        self._send_dimensions = dimensions is not None
+        self._api_key = api_key
+        self.timeout = timeout
+        self.limits = limits or Limits()
+        self._tokenizer = tokenizer or TiktokenTokenizer("cl100k_base")
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIProvider(model={self.model!r}, dimensions={self.dimensions}, base_url={self.base_url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def api_key(self) -> str:
+        key = self._api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            msg = "no API key: set OPENAI_API_KEY or pass api_key= (or use model='local:...' offline)"
+            raise ConfigurationError(msg)
+        return key
+
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import openai
+
+                    self._client = openai.OpenAI(
+                        api_key=self.api_key(),
+                        base_url=self.base_url,
+                        timeout=self.timeout,
+                        max_retries=0,
+                    )
+        return self._client
+
+    def embed(self, texts: list[str]) -> BatchResult:
+        kwargs: dict[str, Any] = {"input": texts, "model": self.model}
+        if self._send_dimensions:
+            kwargs["dimensions"] = self.dimensions
+        kwargs["encoding_format"] = self.limits.encoding_format
+        raw = self.client().embeddings.with_raw_response.create(**kwargs)
+        headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith(("x-ratelimit", "retry-after"))}
+        vectors, billed = parse_body(raw.content, len(texts), self.dimensions)
+        return BatchResult(vectors, billed, headers)
+
+
+def parse_body(content: bytes, n: int, dim: int) -> tuple[np.ndarray, int]:
+    """Decode an embeddings response body into an ``(n, dim)`` float32 array by ``index``."""
+    try:
+        body = json.loads(content)
+        data = body["data"]
+        billed = int(body["usage"]["prompt_tokens"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MalformedResponse(f"response body is not an embeddings result ({exc})") from exc
+    if len(data) != n:
+        raise MalformedResponse(f"response has {len(data)} vectors for {n} inputs")
+    out = np.empty((n, dim), dtype=np.float32)
+    seen = np.zeros(n, dtype=bool)
+    for item in data:
+        try:
+            idx = int(item["index"])
+            emb = item["embedding"]
+            vec = (
+                np.frombuffer(base64.b64decode(emb), dtype="<f4")
+                if isinstance(emb, str)
+                else np.asarray(emb, dtype=np.float32)
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedResponse(f"response item is malformed ({exc})") from exc
+        if not 0 <= idx < n or seen[idx]:
+            raise MalformedResponse(f"response has a bad or repeated index {idx}")
+        if vec.shape != (dim,):
+            raise MalformedResponse(f"response vector has {vec.size} dimensions, expected {dim}")
+        out[idx] = vec
+        seen[idx] = True
+    return out, billed

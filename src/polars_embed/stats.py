@@ -1,0 +1,74 @@
+"""Run statistics: thread-safe counters per call and cumulative per ``Embedder``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, fields
+
+import polars as pl
+
+
+@dataclass
+class RunStats:
+    """Counters of one call (or the sum of many)."""
+
+    rows: int = 0
+    distinct: int = 0
+    cache_hits: int = 0  # distinct texts found in the cache
+    duplicate_hits: int = 0  # rows that repeat an earlier row of the same call
+    misses: int = 0  # distinct texts sent to the provider
+    tokens_counted: int = 0
+    tokens_billed: int = 0
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    failed_rows: int = 0
+    wall_seconds: float = 0.0
+
+    def add(self, other: RunStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        d = asdict(self)
+        d["rows_per_second"] = self.rows_per_second
+        return d
+
+
+class StatsBook:
+    """The last call and the running total, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = RunStats()
+        self.last = RunStats()
+        self.calls = 0
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"total": self.total, "last": self.last, "calls": self.calls}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.__dict__.update(state)
+
+    def record(self, call: RunStats) -> None:
+        with self._lock:
+            self.last = call
+            self.total.add(call)
+            self.calls += 1
+
+    def bump(self, name: str, by: int = 1) -> None:
+        """Count an event (a retry, a 429) as it happens, into the running total."""
+        with self._lock:
+            setattr(self.total, name, getattr(self.total, name) + by)
+
+    def frame(self) -> pl.DataFrame:
+        with self._lock:
+            rows = [{"scope": "last call", **self.last.as_dict()}, {"scope": "total", **self.total.as_dict()}]
+        return pl.DataFrame(rows)

