@@ -412,29 +412,21 @@ class Embedder:
         """Rejoin per-text results to rows (the inverse of the dedupe), in row order."""
         inv = plan.inverse
         valid = inv >= 0
-        idx = np.where(valid, inv, 0)
-        ok = valid.copy()
-        if errors:
-            failed_text = np.zeros(len(plan.texts), dtype=bool)
-            failed_text[list(errors)] = True
-            ok &= ~failed_text[idx]
-        dim = self.dimensions
-        if len(plan.texts):
-            flat = vectors[idx].reshape(-1)
-        else:
-            flat = np.zeros(plan.n_rows * dim, dtype=np.float32)
-        arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array(~ok))
+        n_texts, dim = len(plan.texts), self.dimensions
+        idx = np.where(valid, inv, n_texts)  # null/blank rows point at a zero sentinel
+        failed = np.zeros(n_texts + 1, dtype=bool)
+        failed[list(errors)] = True
+        failed[n_texts] = True
+        flat = np.concatenate([vectors, np.zeros((1, dim), np.float32)])[idx].reshape(-1)
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array(failed[idx]))
         hit = np.zeros(plan.n_rows, dtype=bool)
         hit[_hit_rows(plan, from_cache)] = True
         row_cost = np.zeros(plan.n_rows, dtype=np.float64)
-        if len(plan.texts):
-            row_cost[plan.first_row] = cost
+        row_cost[plan.first_row] = cost
         columns: dict[str, Any] = {
             name: pl.Series(name, arr, dtype=pl.Array(pl.Float32, dim)),
-            f"{name}_cache_hit": pl.Series(f"{name}_cache_hit", hit).set(pl.Series(~valid), None)
-            if not valid.all()
-            else pl.Series(f"{name}_cache_hit", hit),
-            f"{name}_tokens": pl.Series(f"{name}_tokens", np.where(valid, tokens[idx], 0).astype(np.uint32)),
+            f"{name}_cache_hit": pl.Series(f"{name}_cache_hit", hit).scatter(np.flatnonzero(~valid), None),
+            f"{name}_tokens": pl.Series(f"{name}_tokens", np.append(tokens, 0)[idx].astype(np.uint32)),
             f"{name}_cost_usd": pl.Series(f"{name}_cost_usd", row_cost),
         }
         if self.on_error == "null":

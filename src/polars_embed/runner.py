@@ -22,7 +22,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from .errors import ProviderError
+from .errors import PolarsEmbedError, ProviderError
 from .providers.openai import MalformedResponse
 
 if TYPE_CHECKING:
@@ -97,6 +97,15 @@ class RateLimiter:
         self._req, self._tok = float(rpm or 0), float(tpm or 0)
         self._last = now
         self._paused_until = now
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._last)
@@ -210,7 +219,7 @@ class Runner:
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
-            wait=wait_retry_after(wait_exponential_jitter(initial=0.25, max=20.0, jitter=0.5)),
+            wait=wait_retry_after(wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5)),
             retry=retry_if_exception(is_retryable),
             sleep=self.sleep,
             before_sleep=before_sleep,
@@ -223,7 +232,7 @@ class Runner:
 
         try:
             return retrying(attempt)
-        except ProviderError:
+        except PolarsEmbedError:
             raise
         except Exception as exc:
             raise to_provider_error(exc) from exc

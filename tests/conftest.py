@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from polars_embed import Embedder
+from polars_embed.testing import EmbeddingServer
+
+API_KEY = "sk-test-0123456789"
+
+
+@pytest.fixture
+def server():
+    with EmbeddingServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_embedder(server, tmp_path):
+    """An Embedder pointed at the local server with a fresh cache; kwargs override."""
+    made: list[Embedder] = []
+
+    def make(**kwargs: Any) -> Embedder:
+        kwargs.setdefault("base_url", server.url)
+        kwargs.setdefault("api_key", API_KEY)
+        kwargs.setdefault("cache", tmp_path / "cache")
+        kwargs.setdefault("dimensions", 64)
+        kwargs.setdefault("timeout", 5.0)
+        emb = Embedder(kwargs.pop("model", "text-embedding-3-small"), **kwargs)
+        made.append(emb)
+        return emb
+
+    yield make
+    for emb in made:
+        emb.close()
