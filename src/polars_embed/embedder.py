@@ -142,6 +142,9 @@ class Embedder:
             sleep=sleep,
         )
         self._stats = StatsBook()
+        #: Row index -> reason for the rows of the last call that could not be embedded.
+        #: (Polars re-raises errors from inside an expression without their attributes.)
+        self.last_failures: dict[int, str] = {}
         self._budget_lock = threading.Lock()
         self._committed_usd = 0.0  # billed so far plus requests in flight (for max_cost)
         #: Called after each finished request with the number of distinct texts it completed.
@@ -261,8 +264,9 @@ class Embedder:
         self._stats.record(call)
         if failure is not None:
             raise failure
-        if errors and self.on_error == "raise":
-            raise _rows_failed(plan, errors, column)
+        self.last_failures = _failures_by_row(plan, errors)
+        if self.last_failures and self.on_error == "raise":
+            raise _rows_failed(self.last_failures, column)
         return self._assemble(plan, vectors, tokens, cost, from_cache, errors, name)
 
     def _fetch(
@@ -447,11 +451,13 @@ def _hit_rows(plan: Any, from_cache: np.ndarray) -> np.ndarray:
     return rows[keep]
 
 
-def _rows_failed(plan: Any, errors: dict[int, str], column: str) -> RowsFailedError:
-    failures: dict[int, str] = {}
-    for row, i in enumerate(plan.inverse):
-        if i >= 0 and int(i) in errors:
-            failures[row] = errors[int(i)]
+def _failures_by_row(plan: Any, errors: dict[int, str]) -> dict[int, str]:
+    if not errors:
+        return {}
+    return {row: errors[int(i)] for row, i in enumerate(plan.inverse) if int(i) in errors}
+
+
+def _rows_failed(failures: dict[int, str], column: str) -> RowsFailedError:
     first_row, reason = next(iter(failures.items()))
     more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
     msg = (

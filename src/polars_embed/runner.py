@@ -167,7 +167,7 @@ class Runner:
         self.max_attempts = max_attempts
         self.max_retry_seconds = max_retry_seconds
         self.sleep = sleep
-        self.limiter = RateLimiter(rpm, tpm, sleep=sleep)
+        self.limiter = RateLimiter(rpm, tpm)  # real time: `sleep` is for retry waits
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 

@@ -1,0 +1,124 @@
+"""Retries, limits of the server, faulty answers: nothing lost, nothing misaligned."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from polars_embed import Embedder, Limits, ProviderError, RowsFailedError
+from polars_embed.testing import EmbeddingServer, Faults, server_vector
+from polars_embed.runner import RateLimiter
+
+MODEL = "text-embedding-3-small"
+
+
+def check_all(out: pl.DataFrame, dim: int = 64) -> None:
+    for text, v in zip(out["text"], out["embedding"]):
+        np.testing.assert_array_equal(v.to_numpy(), server_vector(MODEL, dim, text))
+
+
+def test_5xx_is_retried_with_backoff(make_embedder, server):
+    waits: list[float] = []
+    server.configure(faults=Faults(error_5xx=0.5, seed=1))
+    emb = make_embedder(sleep=waits.append)
+    out = pl.DataFrame({"text": [f"t{i}" for i in range(40)]}).with_columns(emb.expr("text"))
+    check_all(out)
+    assert server.count(500) > 0
+    assert emb.last_stats.retries == server.count(500) == len(waits)
+
+
+def test_429_honours_retry_after_ms(make_embedder, server):
+    waits: list[float] = []
+    server.configure(faults=Faults(storm_429=0.5, seed=2))
+    emb = make_embedder(sleep=waits.append, max_workers=1, limits=Limits(max_inputs=2))
+    out = pl.DataFrame({"text": [f"t{i}" for i in range(20)]}).with_columns(emb.expr("text"))
+    check_all(out)
+    assert server.count(429) > 0 and waits and all(w == pytest.approx(0.05) for w in waits)
+    assert emb.last_stats.rate_limited == server.count(429)
+
+
+def test_other_4xx_fail_at_once_with_the_servers_message(make_embedder, server):
+    waits: list[float] = []
+    emb = make_embedder(api_key=None, sleep=waits.append)
+    emb.provider._api_key = "wrong"  # the server below requires another key
+    server.api_key = "right"
+    with pytest.raises(ProviderError, match=r"\(401\): Incorrect API key provided"):
+        pl.DataFrame({"text": ["a"]}).with_columns(emb.expr("text"))
+    assert waits == [] and server.requests == 1
+
+
+def test_retries_are_bounded(make_embedder, server):
+    server.configure(faults=Faults(error_5xx=1.0))
+    emb = make_embedder(sleep=lambda s: None, max_attempts=3)
+    with pytest.raises(ProviderError, match="still failing after retries"):
+        pl.DataFrame({"text": ["a"]}).with_columns(emb.expr("text"))
+    assert server.requests == 3
+
+
+@pytest.mark.parametrize("fault", ["shuffle", "short", "bad_json", "wrong_dim", "drop"])
+def test_bad_answers_are_retried_never_misaligned(make_embedder, server, fault):
+    server.configure(faults=Faults(**{fault: 0.3}, seed=3))
+    emb = make_embedder(sleep=lambda s: None, max_workers=2, max_attempts=15, limits=Limits(max_inputs=25))
+    texts = [f"text {i}" for i in range(500)]
+    out = pl.DataFrame({"text": texts}).with_columns(emb.expr("text"))
+    check_all(out)
+    if fault != "shuffle":  # a shuffled answer is a correct one: nothing to retry
+        with server._lock:
+            assert any(r.fault == fault for r in server.log)
+        assert emb.last_stats.retries > 0
+
+
+def test_a_hang_past_the_timeout_is_retried(make_embedder, server):
+    server.configure(faults=Faults(hang=0.3, hang_seconds=5, seed=4))
+    emb = make_embedder(sleep=lambda s: None, timeout=0.5)
+    out = pl.DataFrame({"text": [f"h{i}" for i in range(30)]}).with_columns(emb.expr("text"))
+    check_all(out)
+
+
+def test_mixed_faults_lose_nothing(make_embedder, server):
+    server.configure(faults=Faults(error_5xx=0.05, drop=0.01, shuffle=1.0, seed=5))
+    emb = make_embedder(sleep=lambda s: None, limits=Limits(max_inputs=20))
+    texts = [f"row {i % 3000}" for i in range(5000)]
+    out = pl.DataFrame({"text": texts}).with_columns(emb.expr("text"))
+    check_all(out)
+    assert len(set(server.texts_seen())) == 3000
+    assert out["embedding_cost_usd"].sum() == pytest.approx(server.billed_tokens * 0.02 / 1e6)
+
+
+def test_server_that_takes_10_inputs_and_floats_only(tmp_path):
+    with EmbeddingServer(max_inputs=10) as srv:
+        emb = Embedder(MODEL, base_url=srv.url, api_key="k", dimensions=64, cache=tmp_path / "c",
+                       limits=Limits(max_inputs=10, encoding_format="float"))
+        out = pl.DataFrame({"text": [f"t{i}" for i in range(95)]}).with_columns(emb.expr("text"))
+        assert srv.count(400) == 0 and srv.requests == 10
+        for text, v in zip(out["text"], out["embedding"]):
+            np.testing.assert_allclose(v.to_numpy(), server_vector(MODEL, 64, text), rtol=1e-6)
+
+
+def test_a_bad_row_is_isolated_and_everything_else_is_cached(make_embedder, server):
+    server.configure(faults=Faults(poison=["POISON"]))
+    texts = [f"good {i}" for i in range(100)] + ["bad POISON row"] + [f"good {i}" for i in range(100, 150)]
+    df = pl.DataFrame({"text": texts})
+    emb = make_embedder()
+    with pytest.raises(RowsFailedError, match=r"row 100 of column 'text'"):
+        df.with_columns(emb.expr("text"))
+    assert list(emb.last_failures) == [100]
+    out = df.with_columns(make_embedder(on_error="null").expr("text"))
+    assert out["embedding_cache_hit"].sum() == 150  # all good rows were stored by the first run
+    assert out["embedding"].null_count() == 1 and out["embedding"][100] is None
+    assert "forbidden" in out["embedding_error"][100]
+    assert out["embedding_error"].null_count() == 150
+
+
+def test_limiter_holds_the_rate():
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    lim = RateLimiter(rpm=60, tpm=6000, clock=lambda: now[0], sleep=sleep)
+    for _ in range(120):
+        lim.acquire(50)
+    # 60 requests in the first bucket, then 1 per second; tokens: 6000 then 100/s -> 2 per second
+    assert 55 <= now[0] <= 65
