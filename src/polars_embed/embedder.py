@@ -59,6 +59,54 @@ def make_provider(
     )
 
 
+class _Pending:
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: tuple[np.ndarray, int] | None = None
+
+
+class InFlight:
+    """Distinct texts being fetched right now by some call of this embedder.
+
+    The streaming engine embeds slices in parallel; two slices often share texts. The
+    first to claim a text fetches it; the others wait for its vector instead of paying.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, _Pending] = {}
+
+    def claim(self, keys: list[bytes], indices: np.ndarray) -> tuple[list[int], list[tuple[int, _Pending]]]:
+        """Split ``indices`` into the ones this call fetches and the ones it waits for."""
+        mine: list[int] = []
+        theirs: list[tuple[int, _Pending]] = []
+        with self._lock:
+            for i in indices.tolist():
+                pending = self._pending.get(keys[i])
+                if pending is None:
+                    self._pending[keys[i]] = _Pending()
+                    mine.append(i)
+                else:
+                    theirs.append((i, pending))
+        return mine, theirs
+
+    def publish(self, key: bytes, value: tuple[np.ndarray, int]) -> None:
+        with self._lock:
+            pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.value = value
+            pending.event.set()
+
+    def release(self, keys: list[bytes]) -> None:
+        """Wake the waiters of every key not published (its fetch failed)."""
+        with self._lock:
+            released = [p for p in (self._pending.pop(k, None) for k in keys) if p is not None]
+        for pending in released:
+            pending.event.set()
+
+
 class Embedder:
     """Holds everything one embedding job needs; reuse it across calls and frames.
 
@@ -146,6 +194,7 @@ class Embedder:
         #: (Polars re-raises errors from inside an expression without their attributes.)
         self.last_failures: dict[int, str] = {}
         self._budget_lock = threading.Lock()
+        self._inflight = InFlight()
         self._committed_usd = 0.0  # billed so far plus requests in flight (for max_cost)
         #: Called after each finished request with the number of distinct texts it completed.
         self.on_progress: Callable[[RunStats], None] | None = None
@@ -164,13 +213,14 @@ class Embedder:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_budget_lock"]
+        del state["_budget_lock"], state["_inflight"]
         state["on_progress"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._budget_lock = threading.Lock()
+        self._inflight = InFlight()
 
     def metadata(self) -> dict[str, str]:
         """Key-value metadata for files written from this embedder's output."""
@@ -247,16 +297,31 @@ class Embedder:
             if hit is not None:
                 vectors[i], tokens[i] = hit
                 from_cache[i] = True
-        call.cache_hits = int(from_cache.sum())
-        misses = np.flatnonzero(~from_cache)
-        call.misses = len(misses)
+        # Texts another slice is fetching right now are waited for, not paid twice.
+        mine, theirs = self._inflight.claim(keys, np.flatnonzero(~from_cache))
+        call.misses = len(mine)
 
         failure: BaseException | None = None
-        if len(misses):
-            try:
-                self._fetch(plan, misses, keys, vectors, tokens, cost, errors, call, column)
-            except (ProviderError, BudgetExceededError, KeyboardInterrupt) as exc:
-                failure = exc
+        try:
+            if mine:
+                self._fetch(plan, np.asarray(mine), keys, vectors, tokens, cost, errors, call, column)
+        except (ProviderError, BudgetExceededError, KeyboardInterrupt) as exc:
+            failure = exc
+        finally:
+            self._inflight.release([keys[i] for i in mine])
+        if theirs and failure is None:
+            retry = []
+            for i, pending in theirs:
+                pending.event.wait()
+                if pending.value is None:  # the other slice failed on it: our turn
+                    retry.append(i)
+                else:
+                    vectors[i], tokens[i] = pending.value
+                    from_cache[i] = True
+            if retry:
+                call.misses += len(retry)
+                self._fetch(plan, np.asarray(retry), keys, vectors, tokens, cost, errors, call, column)
+        call.cache_hits = int(from_cache.sum())
         call.failed_rows = int(np.isin(plan.inverse, list(errors)).sum()) if errors else 0
         call.wall_seconds = time.perf_counter() - started
         hit_rows = _hit_rows(plan, from_cache)
@@ -335,6 +400,8 @@ class Embedder:
                         vectors[i] /= norm if norm > 0 else 1.0
                 items = [(keys[i], vectors[i].copy(), int(tokens[i])) for i in done]
             self.cache.set_many(items)
+            for key, vec, n in items:
+                self._inflight.publish(key, (vec, n))
             if self.on_progress is not None:
                 self.on_progress(RunStats(rows=len(done), requests=1, tokens_billed=result.billed_tokens))
 
