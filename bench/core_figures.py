@@ -1,0 +1,55 @@
+"""Core figures on a 100,000-row frame against the local server (not a test: it prints).
+
+    python bench/core_figures.py
+
+Prints the number of requests against the lower bound max(ceil(n/2048), ceil(T/300k))
+and checks sum(embedding_cost_usd) against the server's billed usage x price.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+import polars as pl
+
+from polars_embed import Embedder
+from polars_embed.pack import lower_bound
+from polars_embed.testing import EmbeddingServer
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    """Long-tailed lengths (1 to ~8k tokens), 30% duplicates."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(5000)]
+    distinct = int(n * 0.7)
+    lengths = np.minimum(rng.lognormal(3.5, 1.2, distinct).astype(int) + 1, 4000)
+    texts = [" ".join(rng.choice(words, size=k)) for k in lengths]
+    picks = np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)])
+    rng.shuffle(picks)
+    return [texts[i] for i in picks]
+
+
+def main() -> None:
+    texts = corpus(100_000)
+    df = pl.DataFrame({"text": texts})
+    with EmbeddingServer(log_texts=False) as srv, tempfile.TemporaryDirectory() as d:
+        emb = Embedder("text-embedding-3-small", base_url=srv.url, api_key="k", dimensions=64, cache=d)
+        t = time.perf_counter()
+        out = df.with_columns(emb.expr("text"))
+        wall = time.perf_counter() - t
+        counts = [r.tokens for r in srv.ok_records()]
+        distinct_counts = out.filter(~pl.col("embedding_cache_hit"))["embedding_tokens"].to_list()
+        bound = lower_bound(distinct_counts, 2048, 300_000)
+        billed = srv.billed_tokens
+        cost = out["embedding_cost_usd"].sum()
+        print(f"rows {df.height:,}  distinct {len(distinct_counts):,}  tokens billed {billed:,}  wall {wall:.1f}s")
+        print(f"requests {len(counts)}  lower bound {bound}  ratio {len(counts) / bound:.4f}")
+        print(f"sum(embedding_cost_usd) = {cost:.10f}  billed x price = {billed * 0.02 / 1e6:.10f}  "
+              f"relative difference {abs(cost - billed * 0.02 / 1e6) / (billed * 0.02 / 1e6):.2e}")
+        emb.close()
+
+
+if __name__ == "__main__":
+    main()
