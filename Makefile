@@ -6,6 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test clean
 
+# Embeds the shipped sample offline (no key, no network) and prints the cost/cache summary.
+# Run it twice: the second run is all cache hits. The cache lives in .cache/ here.
+demo: $(STAMP)
+	POLARS_EMBED_CACHE=$${POLARS_EMBED_CACHE:-.cache/polars-embed} $(BIN)/polars-embed run data/sample.parquet data/out/sample_embedded.parquet --column text
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 

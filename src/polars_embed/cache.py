@@ -160,8 +160,27 @@ class DiskCache:
         db = self._db
         return {"backend": "diskcache", "path": str(self.directory), "entries": len(db), "bytes": db.volume()}
 
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        db = self._db
+        for key in keys:
+            db.delete(key)
+
     def clear(self) -> int:
+        """Remove every entry; returns how many there were."""
         return int(self._db.clear())
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Remove entries stored more than ``older_than_seconds`` ago; returns the count."""
+        import time
+
+        db = self._db
+        cutoff = time.time() - older_than_seconds
+        rows = db._sql("SELECT key, raw FROM Cache WHERE store_time < ?", (cutoff,)).fetchall()
+        removed = 0
+        for key, raw in rows:
+            if raw:  # our keys are bytes, stored raw; anything else is not ours to touch
+                removed += bool(db.delete(bytes(key)))
+        return removed
 
     def close(self) -> None:
         if self._cache is not None:

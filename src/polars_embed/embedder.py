@@ -137,7 +137,8 @@ class Embedder:
     limits
         Per-request limits of the server (inputs, tokens, per-input tokens, encoding).
     max_workers, rpm, tpm
-        Concurrent requests, and requests/tokens per minute to stay under.
+        Concurrent requests (default 8; the number of cores for a local model), and
+        requests/tokens per minute to stay under.
     timeout, max_attempts, max_retry_seconds
         Per-request timeout, and the retry bounds.
     """
@@ -155,7 +156,7 @@ class Embedder:
         price_per_million: float | None = None,
         max_cost: float | None = None,
         limits: Limits | None = None,
-        max_workers: int = 8,
+        max_workers: int | None = None,
         rpm: float | None = None,
         tpm: float | None = None,
         timeout: float = 60.0,
@@ -170,12 +171,14 @@ class Embedder:
         if on_error not in ("raise", "null"):
             msg = f"on_error must be 'raise' or 'null', got {on_error!r}"
             raise ConfigurationError(msg)
-        if max_workers < 1:
-            msg = f"max_workers must be at least 1, got {max_workers}"
-            raise ConfigurationError(msg)
         self.provider = provider or make_provider(
             model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
         )
+        if max_workers is None:  # requests wait on the network; a local model on the cores
+            max_workers = (os.cpu_count() or 1) if self.provider.name == "local" else 8
+        if max_workers < 1:
+            msg = f"max_workers must be at least 1, got {max_workers}"
+            raise ConfigurationError(msg)
         self.cache = open_cache(cache)
         self.on_long_input = on_long_input
         self.on_error = on_error

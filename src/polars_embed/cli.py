@@ -1,0 +1,332 @@
+"""The ``polars-embed`` command: run, cache, doctor.
+
+Errors are one line on stderr (``--debug`` shows the traceback). Exit codes:
+0 done; 1 finished, but some rows failed; 2 usage or configuration error;
+3 stopped by --max-cost; 4 another run holds the output's lock; 5 the provider failed
+for good; 130 interrupted (Ctrl-C). Finished work is cached in every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .errors import (
+    BudgetExceededError,
+    CacheError,
+    ConfigurationError,
+    InputError,
+    PolarsEmbedError,
+    ProviderError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+DEFAULT_MODEL = "local:all-MiniLM-L6-v2"
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_BUDGET, EXIT_LOCKED, EXIT_PROVIDER, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+log = logging.getLogger("polars_embed")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = {"time": round(record.created, 3), "level": record.levelname.lower(), "message": record.getMessage()}
+        event.update(getattr(record, "fields", {}))
+        return json.dumps(event)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if args.log_json else logging.Formatter("polars-embed: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if args.debug else logging.INFO if not args.quiet else logging.WARNING)
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid age {text!r}; use e.g. 30d, 12h, 90m")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines to stderr (for machines)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"embedding model (default: {DEFAULT_MODEL}, offline)")
+    p.add_argument("--dimensions", type=int, default=None, help="output dimensions (needed for models not in the table)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polars-embed",
+        description="Embed text columns cheaply, fast and without losing work.",
+        epilog="Exit codes: 0 done, 1 some rows failed, 2 usage/configuration error, 3 --max-cost reached, "
+        "4 output locked by another run, 5 provider failed, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"polars-embed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="embed a column of a Parquet/CSV/NDJSON file into Parquet",
+                         description="Embed INPUT[--column] into OUTPUT (Parquet) with the embedding, "
+                         "cache-hit, token, cost and error columns and provenance metadata. Streams "
+                         "in partitions; the output is replaced atomically when complete.")
+    run.add_argument("input", help="input file: .parquet, .csv or .ndjson")
+    run.add_argument("output", help="output Parquet file")
+    run.add_argument("--column", "-c", default="text", help="text column to embed (default: text)")
+    run.add_argument("--name", default="embedding", help="name of the vector column (default: embedding)")
+    _add_model(run)
+    run.add_argument("--partition-rows", type=int, default=5000, help="rows per partition; sets memory (default: 5000)")
+    run.add_argument("--workers", type=int, default=None, help="concurrent requests (default: 8; cores for local)")
+    run.add_argument("--rpm", type=float, default=None, help="stay under this many requests per minute")
+    run.add_argument("--tpm", type=float, default=None, help="stay under this many tokens per minute")
+    run.add_argument("--on-long-input", choices=["truncate", "chunk", "error"], default="truncate",
+                     help="inputs over the model's token limit (default: truncate)")
+    run.add_argument("--max-cost", type=float, default=None, metavar="USD",
+                     help="stop before a request would take the run past this many dollars")
+    run.add_argument("--price", type=float, default=None, metavar="USD_PER_1M", help="override the price per 1M tokens")
+    run.add_argument("--dry-run", action="store_true", help="no request: print rows, distinct, cached, tokens, cost, time")
+    _add_common(run)
+
+    cache = sub.add_parser("cache", help="inspect or clean the cache", description="Inspect or clean the vector cache.")
+    cache_sub = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("stats", "entries, bytes and path of the cache"), ("clear", "remove every entry")):
+        p = cache_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
+        _add_common(p)
+    prune = cache_sub.add_parser("prune", help="remove entries older than an age",
+                                 description="Remove entries stored longer ago than --older-than.")
+    prune.add_argument("--older-than", type=parse_age, required=True, metavar="AGE", help="e.g. 30d, 12h, 90m")
+    prune.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
+    _add_common(prune)
+
+    doctor = sub.add_parser("doctor", help="check key, endpoint, cache, tokenizer and local model",
+                            description="Check that a run can work: API key present (never printed), endpoint "
+                            "reachable, cache writable, tokenizer and local model load.")
+    doctor.add_argument("--base-url", default=None, help="endpoint to check (default: $OPENAI_BASE_URL or OpenAI)")
+    doctor.add_argument("--cache", default=None, metavar="DIR", help="cache directory to check")
+    _add_common(doctor)
+    return parser
+
+
+def _embedder(args: argparse.Namespace) -> Any:
+    from .embedder import Embedder
+
+    return Embedder(
+        args.model,
+        dimensions=args.dimensions,
+        base_url=args.base_url,
+        cache=False if args.no_cache else args.cache,
+        on_long_input=args.on_long_input,
+        on_error="null",
+        price_per_million=args.price,
+        max_cost=args.max_cost,
+        max_workers=args.workers,
+        rpm=args.rpm,
+        tpm=args.tpm,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import job
+
+    if args.partition_rows < 1:
+        raise ConfigurationError(f"--partition-rows must be at least 1, got {args.partition_rows}")
+    emb = _embedder(args)
+    if args.dry_run:
+        est = job.dry_run(emb, args.input, column=args.column, partition_rows=args.partition_rows)
+        eta = f"{est.seconds:.0f} s under the configured limits" if est.seconds is not None else "n/a (no --rpm/--tpm given)"
+        print(f"dry run of {args.input} ({emb.model}, {emb.dimensions} dims): no request made")
+        print(f"  rows            {est.rows:,}")
+        print(f"  distinct texts  {est.distinct:,}")
+        print(f"  already cached  {est.cached:,}")
+        print(f"  to embed        {est.to_embed:,} in {est.requests:,} requests")
+        print(f"  tokens to pay   {est.tokens_to_pay:,}")
+        print(f"  estimated cost  ${est.cost_usd:.6f}")
+        print(f"  estimated time  {eta}")
+        return EXIT_OK
+
+    import polars as pl
+
+    rows = job.scan(args.input).select(pl.len()).collect().item()
+    bar = _progress(rows, disable=args.quiet or not sys.stderr.isatty())
+    done = {"rows": 0, "hits": 0, "cost": 0.0}
+
+    def on_partition(part: Any, stats: Any) -> None:
+        done["rows"] += part.height
+        done["hits"] += stats.cache_hits + stats.duplicate_hits
+        done["cost"] += stats.cost_usd
+        log.debug("partition done", extra={"fields": {"rows": part.height, **stats.as_dict()}})
+        if bar is not None:
+            bar.update(part.height)
+            bar.set_postfix(hit_rate=f"{done['hits'] / max(1, done['rows']):.0%}", cost=f"${done['cost']:.4f}")
+
+    log.info(f"embedding {args.input}[{args.column}] with {emb.model} into {args.output}",
+             extra={"fields": {"event": "start", "rows": rows, "model": emb.model}})
+    try:
+        result = job.run(emb, args.input, args.output, column=args.column, name=args.name,
+                         partition_rows=args.partition_rows, on_partition=on_partition)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        log.warning(f"interrupted after {done['rows']:,} rows; finished requests are cached, "
+                    f"rerun the same command to resume (cached rows cost nothing)")
+        return EXIT_INTERRUPTED
+    finally:
+        if bar is not None:
+            bar.close()
+        emb.close()
+    s = result.stats
+    hits = s.cache_hits + s.duplicate_hits
+    summary = {
+        "rows": s.rows, "new_texts": s.misses, "hits": hits, "tokens_billed": s.tokens_billed,
+        "cost_usd": round(s.cost_usd, 8), "cost_saved_usd": round(s.cost_saved_usd, 8), "requests": s.requests,
+        "retries": s.retries, "failed_rows": len(result.failed), "wall_seconds": round(s.wall_seconds, 2),
+        "output": str(result.output),
+    }
+    log.log(logging.INFO if args.log_json else logging.DEBUG, "run finished",
+            extra={"fields": {"event": "summary", **summary}})
+    print(f"embedded {s.rows:,} rows with {emb.model} in {s.wall_seconds:.1f} s")
+    print(f"  new texts      {s.misses:,} embedded")
+    print(f"  cache hits     {hits:,} rows ({hits / max(1, s.rows):.0%}): cached or repeated")
+    print(f"  tokens billed  {s.tokens_billed:,} in {s.requests:,} requests ({s.retries} retries)")
+    print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f})")
+    print(f"  failed rows    {len(result.failed):,}")
+    print(f"  wrote          {result.output}")
+    if result.failed:
+        first, reason = next(iter(result.failed.items()))
+        log.warning(f"{len(result.failed)} rows failed (first: row {first}: {reason}); they have a null vector and a reason in {args.name}_error")
+        return EXIT_FAILED_ROWS
+    return EXIT_OK
+
+
+def _progress(total: int, *, disable: bool) -> Any:
+    if disable:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="rows", file=sys.stderr, dynamic_ncols=True)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import DiskCache
+
+    cache = DiskCache(args.cache)
+    try:
+        if args.action == "stats":
+            st = cache.stats()
+            print(f"path     {st['path']}\nentries  {st['entries']:,}\nbytes    {st['bytes']:,}")
+        elif args.action == "clear":
+            print(f"removed {cache.clear():,} entries from {cache.directory}")
+        else:
+            print(f"removed {cache.prune(args.older_than):,} entries older than {args.older_than / 86400:g} days from {cache.directory}")
+    finally:
+        cache.close()
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks: list[tuple[str, bool, str]] = []
+    key = os.environ.get("OPENAI_API_KEY")
+    checks.append(("API key", True, "OPENAI_API_KEY is set" if key else "OPENAI_API_KEY is not set (only local models will work)"))
+    base = args.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    checks.append(("endpoint", *_reachable(base)))
+    try:
+        import numpy as np
+
+        from .cache import DiskCache
+
+        cache = DiskCache(args.cache)
+        probe = b"polars-embed doctor probe"
+        cache.set_many([(probe, np.zeros(2, np.float32), 0)])
+        ok = cache.get_many([probe])[0] is not None
+        cache.delete_many([probe])
+        checks.append(("cache", ok, f"{cache.directory} is writable"))
+        cache.close()
+    except PolarsEmbedError as exc:
+        checks.append(("cache", False, str(exc)))
+    try:
+        from .tokens import TiktokenTokenizer
+
+        n = len(TiktokenTokenizer().encode_batch(["hello world"])[0])
+        checks.append(("tokenizer", n == 2, "cl100k_base loads offline"))
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never raises
+        checks.append(("tokenizer", False, str(exc)))
+    try:
+        from .providers.local import LocalProvider
+
+        t = time.perf_counter()
+        vec = LocalProvider().embed(["hello world"]).vectors
+        checks.append(("local model", vec.shape == (1, 384), f"{DEFAULT_MODEL} loads (sha256 verified, {time.perf_counter() - t:.1f} s)"))
+    except Exception as exc:  # noqa: BLE001
+        checks.append(("local model", False, str(exc)))
+    for name, ok, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name:<12} {detail}")
+    # the endpoint matters only to someone who means to use it
+    required = [ok for name, ok, _ in checks if name != "endpoint" or key or args.base_url]
+    return EXIT_OK if all(required) else EXIT_FAILED_ROWS
+
+
+def _reachable(base_url: str) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5.0) as r:  # noqa: S310
+            status = r.status
+    except urllib.error.HTTPError as exc:  # an answer all the same (401 without a key)
+        status = exc.code
+    except Exception as exc:  # noqa: BLE001
+        return False, f"{base_url} is not reachable ({type(exc).__name__})"
+    return True, f"{base_url} answers (HTTP {status})"
+
+
+def _exit_code(exc: PolarsEmbedError) -> int:
+    from .job import LockedError
+
+    if isinstance(exc, BudgetExceededError):
+        return EXIT_BUDGET
+    if isinstance(exc, LockedError):
+        return EXIT_LOCKED
+    if isinstance(exc, (ConfigurationError, InputError, CacheError)):
+        return EXIT_USAGE
+    if isinstance(exc, ProviderError):
+        return EXIT_PROVIDER
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    handlers = {"run": cmd_run, "cache": cmd_cache, "doctor": cmd_doctor}
+    try:
+        return handlers[args.command](args)
+    except PolarsEmbedError as exc:
+        if args.debug:
+            raise
+        print(f"polars-embed: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        print("polars-embed: interrupted; finished work is cached, rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
