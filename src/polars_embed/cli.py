@@ -164,7 +164,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import polars as pl
 
-    rows = job.scan(args.input).select(pl.len()).collect().item()
+    lf = job.scan(args.input)
+    job.require_column(lf, args.column)
+    rows = lf.select(pl.len()).collect().item()
     bar = _progress(rows, disable=args.quiet or not sys.stderr.isatty())
     done = {"rows": 0, "hits": 0, "cost": 0.0}
 

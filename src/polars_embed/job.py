@@ -52,11 +52,15 @@ def scan(path: str | os.PathLike[str]) -> pl.LazyFrame:
     raise InputError(msg)
 
 
-def partitions(lf: pl.LazyFrame, column: str, rows: int) -> Iterator[pl.DataFrame]:
+def require_column(lf: pl.LazyFrame, column: str) -> None:
     schema = lf.collect_schema()
     if column not in schema:
         msg = f"column {column!r} is not in the input (columns: {', '.join(schema.names())})"
         raise InputError(msg)
+
+
+def partitions(lf: pl.LazyFrame, column: str, rows: int) -> Iterator[pl.DataFrame]:
+    require_column(lf, column)
     yield from lf.collect_batches(chunk_size=rows)
 
 
