@@ -1,5 +1,18 @@
-"""Test helpers: a local OpenAI-compatible embeddings server with fault injection."""
+"""Test helpers: a local OpenAI-compatible embeddings server with fault injection.
 
-from .server import EmbeddingServer, Faults, server_vector
+Imported lazily, so ``python -m polars_embed.testing.server`` runs the module only once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["EmbeddingServer", "Faults", "server_vector"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(name)

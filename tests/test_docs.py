@@ -1,0 +1,47 @@
+"""The README says what the code does: its example runs as printed, every command is listed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from polars_embed.cli import build_parser
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def block_after(marker: str) -> str:
+    m = re.search(rf"<!-- example: {marker} -->\s*```\w+\n(.*?)```", README, re.S)
+    assert m, marker
+    return m.group(1)
+
+
+def test_readme_starts_with_the_two_setup_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    assert first_block.splitlines()[0].startswith("make demo")
+    assert first_block.splitlines()[1].startswith("make test")
+
+
+def test_readme_python_example_runs_as_printed(server, tmp_path):
+    env = {**os.environ, "OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": "test",
+           "POLARS_EMBED_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", block_after("python")], capture_output=True, text=True, env=env,
+                          check=True)
+    assert proc.stdout == block_after("output")
+
+
+def test_every_cli_command_is_in_the_readme():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert f"polars-embed {name}" in README
+        for action in p._actions:
+            if action.dest == "action":
+                for child in action.choices:
+                    assert f"polars-embed {name} {child}" in README
+            for opt in action.option_strings:
+                if opt.startswith("--") and opt not in ("--help",):
+                    assert opt in README, f"{name} {opt} is not documented"
