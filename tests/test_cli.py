@@ -157,3 +157,18 @@ def test_every_command_has_help():
         with pytest.raises(SystemExit) as info:
             parser.parse_args([*cmd, "--help"])
         assert info.value.code == 0
+
+
+def test_the_shipped_pipeline_script_runs(server, tmp_path):
+    import pathlib
+
+    repo = pathlib.Path(__file__).parent.parent
+    env = {**os.environ, "OPENAI_API_KEY": "k", "POLARS_EMBED_OUT": str(tmp_path / "out"),
+           "POLARS_EMBED_CACHE": str(tmp_path / "cache"), "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+    args = ["--model", "text-embedding-3-small", "--dimensions", "8", "--base-url", server.url]
+    proc = subprocess.run(["bash", str(repo / "pipelines" / "embed_sample.sh"), *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = pl.read_parquet(tmp_path / "out" / "sample_embedded.parquet")
+    assert out.height == pl.read_parquet(repo / "data" / "sample.parquet").height
+    log = [json.loads(line) for line in (tmp_path / "out" / "pipeline.log").read_text().splitlines()]
+    assert any(e.get("event") == "summary" for e in log)
