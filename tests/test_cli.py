@@ -40,6 +40,7 @@ def test_run_writes_the_contract_and_a_rerun_is_free(env, server, capsys):
     assert read_metadata(env["out"])["polars_embed.model"] == "text-embedding-3-small"
     printed = capsys.readouterr().out
     assert "new texts      300 embedded" in printed and str(env["out"]) in printed
+    assert "(300 distinct texts)" in printed
     before = server.requests
     assert main(["run", str(env["src"]), str(env["out"]), *env["model"]]) == 0
     assert server.requests == before

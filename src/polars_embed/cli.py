@@ -197,14 +197,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = result.stats
     hits = s.cache_hits + s.duplicate_hits
     summary = {
-        "rows": s.rows, "new_texts": s.misses, "hits": hits, "tokens_billed": s.tokens_billed,
+        "rows": s.rows, "distinct": s.distinct, "new_texts": s.misses, "hits": hits, "tokens_billed": s.tokens_billed,
         "cost_usd": round(s.cost_usd, 8), "cost_saved_usd": round(s.cost_saved_usd, 8), "requests": s.requests,
         "retries": s.retries, "failed_rows": len(result.failed), "wall_seconds": round(s.wall_seconds, 2),
         "output": str(result.output),
     }
     log.log(logging.INFO if args.log_json else logging.DEBUG, "run finished",
             extra={"fields": {"event": "summary", **summary}})
-    print(f"embedded {s.rows:,} rows with {emb.model} in {s.wall_seconds:.1f} s")
+    print(f"embedded {s.rows:,} rows ({s.distinct:,} distinct texts) with {emb.model} in {s.wall_seconds:.1f} s")
     print(f"  new texts      {s.misses:,} embedded")
     print(f"  cache hits     {hits:,} rows ({hits / max(1, s.rows):.0%}): cached or repeated")
     print(f"  tokens billed  {s.tokens_billed:,} in {s.requests:,} requests ({s.retries} retries)")

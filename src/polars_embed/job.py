@@ -113,6 +113,7 @@ def run(
     lf = scan(source)
     total = RunStats()
     failed: dict[int, str] = {}
+    hashes: list[pl.Series] = []  # 8 bytes a row, to count distinct texts over the whole run
     started = time.perf_counter()
     with output_lock(output):
         fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
@@ -133,6 +134,8 @@ def run(
                         failed[offset + i] = errors[i]
                     offset += part.height
                     total.add(embedder.last_stats)
+                    text = part[column].cast(pl.String)
+                    hashes.append(text.filter(text.str.strip_chars().str.len_bytes() > 0).hash())
                     if on_partition is not None:
                         on_partition(part, embedder.last_stats)
                 if writer is None:  # empty input: still a valid file with the right schema
@@ -148,6 +151,7 @@ def run(
                     writer.close()
             tmp.unlink(missing_ok=True)
     total.wall_seconds = time.perf_counter() - started
+    total.distinct = pl.concat(hashes).n_unique() if hashes else 0
     return RunResult(output, total, failed)
 
 
