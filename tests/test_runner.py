@@ -122,3 +122,30 @@ def test_limiter_holds_the_rate():
         lim.acquire(50)
     # 60 requests in the first bucket, then 1 per second; tokens: 6000 then 100/s -> 2 per second
     assert 55 <= now[0] <= 65
+
+
+def test_limiter_learns_the_quota_from_headers():
+    now = [0.0]
+    lim = RateLimiter(clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    lim.observe({"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "0",
+                 "x-ratelimit-limit-tokens": "1000000", "x-ratelimit-remaining-tokens": "999000"})
+    assert lim.rpm == 120 and lim.tpm == 1_000_000
+    lim.acquire(10)  # nothing left: waits for one request's worth, 0.5 s at 120/min
+    assert now[0] == pytest.approx(0.5)
+
+
+def test_configured_limits_win_over_headers_but_remaining_still_counts():
+    lim = RateLimiter(rpm=60)
+    lim.observe({"x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "3"})
+    assert lim.rpm == 60 and lim._req <= 3
+
+
+def test_rate_limited_server_is_not_stormed(make_embedder, server):
+    # 600 RPM with a 20x clock: 200 requests/s of real time; 10,000 tokens/min -> ~3,333 tokens/s
+    server.time_scale = 20.0
+    server.configure(rpm=600, tpm=10_000)
+    emb = make_embedder(limits=Limits(max_inputs=10))
+    texts = [f"limited {i}" for i in range(1000)]
+    out = pl.DataFrame({"text": texts}).with_columns(emb.expr("text"))
+    check_all(out)
+    assert server.count(429) <= 0.05 * server.requests

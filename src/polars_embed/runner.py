@@ -77,6 +77,9 @@ class wait_retry_after:
 class RateLimiter:
     """Token buckets for requests/min and tokens/min, shared by every thread of a runner.
 
+    Limits come from configuration or, when not configured, are learned from the
+    server's ``x-ratelimit-limit-*`` headers; ``x-ratelimit-remaining-*`` pulls a bucket
+    down to what the server says is left (other clients may share the quota).
     ``pause(seconds)`` holds every thread (a 429's ``retry-after`` applies to the pool,
     not to one thread). A request larger than the whole bucket is let through when the
     bucket is full, so it cannot wait forever.
@@ -91,6 +94,7 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.rpm, self.tpm = rpm, tpm
+        self._configured = {name for name, v in (("rpm", rpm), ("tpm", tpm)) if v}
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         now = clock()
@@ -114,6 +118,23 @@ class RateLimiter:
             self._req = min(self.rpm, self._req + elapsed * self.rpm / 60.0)
         if self.tpm:
             self._tok = min(self.tpm, self._tok + elapsed * self.tpm / 60.0)
+
+    def observe(self, headers: dict[str, str]) -> None:
+        """Learn limits and the remaining quota from a response's rate-limit headers."""
+        if not headers:
+            return
+        with self._lock:
+            self._refill(self._clock())
+            for kind in ("requests", "tokens"):
+                limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+                remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+                attr, level = ("rpm", "_req") if kind == "requests" else ("tpm", "_tok")
+                if limit and attr not in self._configured:
+                    if getattr(self, attr) is None:  # first sight: start from what is left
+                        setattr(self, level, float(remaining if remaining is not None else limit))
+                    setattr(self, attr, limit)
+                if remaining is not None and getattr(self, attr):
+                    setattr(self, level, min(getattr(self, level), remaining))
 
     def pause(self, seconds: float) -> None:
         with self._lock:
@@ -147,6 +168,48 @@ class RateLimiter:
             waited += wait
 
 
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class AdaptiveConcurrency:
+    """How many requests may be in flight: halved on a 429, grown by one per success.
+
+    Starts at the pool size; never below 1. Together with the limiter this keeps a run
+    at the quota without a storm of 429s.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = maximum
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"maximum": self.maximum}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["maximum"])  # type: ignore[misc]
+
+    def acquire(self) -> None:
+        with self._cond:
+            while self._in_flight >= self.limit:
+                self._cond.wait()
+            self._in_flight += 1
+
+    def release(self, *, throttled: bool) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            if throttled:
+                self.limit = max(1, self.limit // 2)
+            elif self.limit < self.maximum:
+                self.limit += 1
+            self._cond.notify_all()
+
+
 class Runner:
     """Runs provider calls on a shared pool with rate limiting and retries.
 
@@ -168,6 +231,7 @@ class Runner:
         self.max_retry_seconds = max_retry_seconds
         self.sleep = sleep
         self.limiter = RateLimiter(rpm, tpm)  # real time: `sleep` is for retry waits
+        self.concurrency = AdaptiveConcurrency(max_workers)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -211,6 +275,9 @@ class Runner:
             if exc is None:
                 return
             if status_of(exc) == 429:
+                response = getattr(exc, "response", None)
+                headers = getattr(response, "headers", None) or {}
+                self.limiter.observe({k.lower(): v for k, v in headers.items()})
                 asked = retry_after_seconds(exc)
                 if asked:
                     self.limiter.pause(asked)
@@ -228,7 +295,17 @@ class Runner:
 
         def attempt() -> Any:
             self.limiter.acquire(tokens)
-            return fn()
+            self.concurrency.acquire()
+            throttled = False
+            try:
+                result = fn()
+            except Exception as exc:
+                throttled = status_of(exc) == 429
+                raise
+            finally:
+                self.concurrency.release(throttled=throttled)
+            self.limiter.observe(getattr(result, "headers", None) or {})
+            return result
 
         try:
             return retrying(attempt)

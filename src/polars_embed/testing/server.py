@@ -308,9 +308,10 @@ class EmbeddingServer:
 
 
 def _limit_headers(bucket: _Bucket, kind: str) -> dict[str, str]:
+    """The API's headers; with a sped-up clock the limit is stated per real minute."""
     reset = (bucket.limit - bucket.level) * 60.0 / (bucket.limit * bucket.scale)
     return {
-        f"x-ratelimit-limit-{kind}": str(int(bucket.limit)),
+        f"x-ratelimit-limit-{kind}": str(int(bucket.limit * bucket.scale)),
         f"x-ratelimit-remaining-{kind}": str(max(0, int(bucket.level))),
         f"x-ratelimit-reset-{kind}": f"{reset:.3f}s",
     }
