@@ -11,28 +11,17 @@ from __future__ import annotations
 import tempfile
 import time
 
-import numpy as np
 import polars as pl
 
 from polars_embed import Embedder
 from polars_embed.pack import lower_bound
 from polars_embed.testing import EmbeddingServer
 
-
-def corpus(n: int, seed: int = 0) -> list[str]:
-    """Long-tailed lengths (1 to ~8k tokens), 30% duplicates."""
-    rng = np.random.default_rng(seed)
-    words = [f"w{i}" for i in range(5000)]
-    distinct = int(n * 0.7)
-    lengths = np.minimum(rng.lognormal(3.5, 1.2, distinct).astype(int) + 1, 4000)
-    texts = [" ".join(rng.choice(words, size=k)) for k in lengths]
-    picks = np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)])
-    rng.shuffle(picks)
-    return [texts[i] for i in picks]
+from corpus import corpus
 
 
 def main() -> None:
-    texts = corpus(100_000)
+    texts = corpus(100_000, max_words=4000)
     df = pl.DataFrame({"text": texts})
     with EmbeddingServer(log_texts=False) as srv, tempfile.TemporaryDirectory() as d:
         emb = Embedder("text-embedding-3-small", base_url=srv.url, api_key="k", dimensions=64, cache=d)

@@ -17,7 +17,9 @@ from .errors import (
     ProviderError,
     RowsFailedError,
 )
+from .estimate import Estimate, estimate
 from .expr import embed_column
+from .ledger import Ledger, ledger
 from .io import read_metadata, write_parquet
 from .providers import Limits
 
@@ -29,7 +31,9 @@ __all__ = [
     "ConfigurationError",
     "DiskCache",
     "Embedder",
+    "Estimate",
     "InputError",
+    "Ledger",
     "Limits",
     "LongInputError",
     "MemoryCache",
@@ -38,6 +42,8 @@ __all__ = [
     "RowsFailedError",
     "__version__",
     "embed_column",
+    "estimate",
+    "ledger",
     "read_metadata",
     "write_parquet",
 ]

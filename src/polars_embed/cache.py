@@ -24,6 +24,8 @@ from .errors import CacheError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import polars as pl
+
 _MAGIC = b"PEv1"
 _HEADER = struct.Struct("<4sII")
 
@@ -33,7 +35,7 @@ class Cache(Protocol):
 
     def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]: ...
 
-    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None: ...
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -157,12 +159,14 @@ class DiskCache:
         where = str(self.directory)
         return [None if (raw := found.get(k)) is None else decode_value(raw, where) for k in keys]
 
-    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None:
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
+        """Store entries in one transaction; ``tag`` (provider:model:dimensions) lets
+        ``inspect()`` break the cache down by model without storing any text."""
         db = self._db
         try:
             with db.transact():
                 for key, vector, tokens in items:
-                    db.set(key, encode_value(vector, tokens))
+                    db.set(key, encode_value(vector, tokens), tag=tag)
         except Exception as exc:
             msg = f"cannot write to the cache at {self.directory} ({exc})"
             raise CacheError(msg) from exc
@@ -170,6 +174,18 @@ class DiskCache:
     def stats(self) -> dict[str, Any]:
         db = self._db
         return {"backend": "diskcache", "path": str(self.directory), "entries": len(db), "bytes": db.volume()}
+
+    def inspect(self) -> pl.DataFrame:
+        """Entries, bytes and oldest/newest entry per provider:model:dimensions."""
+        import polars as pl
+
+        rows = self._db._sql(
+            "SELECT tag, COUNT(*), SUM(LENGTH(value)) + SUM(size), MIN(store_time), MAX(store_time)"
+            " FROM Cache GROUP BY tag ORDER BY tag"
+        ).fetchall()
+        df = pl.DataFrame(rows, schema={"model": pl.String, "entries": pl.Int64, "bytes": pl.Int64,
+                                        "oldest": pl.Float64, "newest": pl.Float64}, orient="row")
+        return df.with_columns(pl.from_epoch(pl.col("oldest", "newest") * 1e6, time_unit="us").dt.replace_time_zone("UTC"))
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
         db = self._db
@@ -211,7 +227,7 @@ class MemoryCache:
             raws = [self._data.get(k) for k in keys]
         return [None if r is None else decode_value(r, "in memory") for r in raws]
 
-    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None:
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
         with self._lock:
             for key, vector, tokens in items:
                 self._data[key] = encode_value(vector, tokens)
@@ -230,7 +246,7 @@ class NoCache:
     def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
         return [None] * len(keys)
 
-    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]]) -> None:
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
         pass
 
     def stats(self) -> dict[str, Any]:

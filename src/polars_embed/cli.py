@@ -1,4 +1,4 @@
-"""The ``polars-embed`` command: run, cache, doctor.
+"""The ``polars-embed`` command: run, cache, ledger, doctor.
 
 Errors are one line on stderr (``--debug`` shows the traceback). Exit codes:
 0 done; 1 finished, but some rows failed; 2 usage or configuration error;
@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
     _add_common(prune)
 
+    ledger = sub.add_parser("ledger", help="print the run ledger (one record per call and per run)",
+                            description="Print the run ledger: one record per embedding call and per "
+                            "`polars-embed run` (rows, hits, tokens, cost, cost saved, requests, wall time).")
+    ledger.add_argument("--cache", default=None, metavar="DIR", help="cache directory whose ledger to read")
+    ledger.add_argument("--last", type=int, default=20, metavar="N", help="the N most recent records (default: 20)")
+    ledger.add_argument("--csv", action="store_true", help="print every column as CSV")
+    _add_common(ledger)
+
     doctor = sub.add_parser("doctor", help="check key, endpoint, cache, tokenizer and local model",
                             description="Check that a run can work: API key present (never printed), endpoint "
                             "reachable, cache writable, tokenizer and local model load.")
@@ -172,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def on_partition(part: Any, stats: Any) -> None:
         done["rows"] += part.height
-        done["hits"] += stats.cache_hits + stats.duplicate_hits
+        done["hits"] += stats.hit_rows
         done["cost"] += stats.cost_usd
         log.debug("partition done", extra={"fields": {"rows": part.height, **stats.as_dict()}})
         if bar is not None:
@@ -195,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.close()
         emb.close()
     s = result.stats
-    hits = s.cache_hits + s.duplicate_hits
+    hits = s.hit_rows
     summary = {
         "rows": s.rows, "distinct": s.distinct, "new_texts": s.misses, "hits": hits, "tokens_billed": s.tokens_billed,
         "cost_usd": round(s.cost_usd, 8), "cost_saved_usd": round(s.cost_saved_usd, 8), "requests": s.requests,
@@ -227,6 +235,8 @@ def _progress(total: int, *, disable: bool) -> Any:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    import polars as pl
+
     from .cache import DiskCache
 
     cache = DiskCache(args.cache)
@@ -234,12 +244,35 @@ def cmd_cache(args: argparse.Namespace) -> int:
         if args.action == "stats":
             st = cache.stats()
             print(f"path     {st['path']}\nentries  {st['entries']:,}\nbytes    {st['bytes']:,}")
+            by_model = cache.inspect()
+            if by_model.height:
+                with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120):
+                    print(by_model)
         elif args.action == "clear":
             print(f"removed {cache.clear():,} entries from {cache.directory}")
         else:
             print(f"removed {cache.prune(args.older_than):,} entries older than {args.older_than / 86400:g} days from {cache.directory}")
     finally:
         cache.close()
+    return EXIT_OK
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from .cache import default_cache_dir
+    from .ledger import ledger
+
+    directory = args.cache or default_cache_dir()
+    df = ledger(f"{directory}/ledger.sqlite").tail(args.last)
+    if args.csv:
+        print(df.write_csv(), end="")
+        return EXIT_OK
+    cols = ["started_at", "source", "model", "rows", "hit_rate", "tokens_billed", "cost_usd", "cost_saved_usd",
+            "requests", "failed_rows", "wall_seconds"]
+    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=160,
+                   fmt_str_lengths=40):
+        print(df.select(cols).with_columns(pl.col("hit_rate").round(3), pl.col("wall_seconds").round(2)))
     return EXIT_OK
 
 
@@ -317,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    handlers = {"run": cmd_run, "cache": cmd_cache, "doctor": cmd_doctor}
+    handlers = {"run": cmd_run, "cache": cmd_cache, "ledger": cmd_ledger, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)
     except PolarsEmbedError as exc:

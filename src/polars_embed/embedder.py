@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .cache import Cache
+    from .ledger import Ledger
     from .providers.base import BatchResult, Provider
 
 OnError = Literal["raise", "null"]
@@ -141,6 +142,10 @@ class Embedder:
         requests/tokens per minute to stay under.
     timeout, max_attempts, max_retry_seconds
         Per-request timeout, and the retry bounds.
+    ledger, source
+        Where each call appends a record (``ledger.sqlite`` beside a disk cache, else in
+        the default cache directory; a path; ``False`` for none), and the name it is
+        recorded under.
     """
 
     def __init__(
@@ -163,6 +168,8 @@ class Embedder:
         max_attempts: int = 8,
         max_retry_seconds: float = 300.0,
         provider: Provider | None = None,
+        ledger: str | os.PathLike[str] | bool | None = None,
+        source: str = "embed_column",
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if on_long_input not in ("truncate", "chunk", "error"):
@@ -180,6 +187,9 @@ class Embedder:
             msg = f"max_workers must be at least 1, got {max_workers}"
             raise ConfigurationError(msg)
         self.cache = open_cache(cache)
+        self.ledger = _open_ledger(ledger, self.cache)
+        self.source = source
+        self._tag = f"{self.provider.name}:{self.provider.model}:{self.provider.dimensions}"
         self.on_long_input = on_long_input
         self.on_error = on_error
         self.price = price_per_million_for(self.provider, price_per_million)
@@ -260,6 +270,13 @@ class Embedder:
     def total_stats(self) -> RunStats:
         return self._stats.total
 
+    def record(self, stats: RunStats, started_at: float, source: str | None = None) -> str | None:
+        """Append one record to the ledger (if any); returns its run id."""
+        if self.ledger is None:
+            return None
+        meta = {"provider": self.provider.name, "model": self.model, "dimensions": str(self.dimensions)}
+        return self.ledger.append(stats, started=started_at, ended=time.time(), source=source or self.source, meta=meta)
+
     def close(self) -> None:
         self.runner.close()
         self.cache.close()
@@ -279,8 +296,14 @@ class Embedder:
         ).struct.unnest()
 
     # -- the pipeline ----------------------------------------------------------------------
-    def embed(self, series: pl.Series, *, name: str = "embedding", column: str | None = None) -> pl.DataFrame:
-        """Embed one Series; returns the output columns, one row per input row."""
+    def embed(self, series: pl.Series, *, name: str = "embedding", column: str | None = None,
+              record: bool = True) -> pl.DataFrame:
+        """Embed one Series; returns the output columns, one row per input row.
+
+        ``record=False`` keeps the call out of the ledger (``polars-embed run`` records
+        the whole run once instead of each partition).
+        """
+        started_at = time.time()
         started = time.perf_counter()
         column = column or series.name or "text"
         call = RunStats(rows=len(series))
@@ -328,8 +351,11 @@ class Embedder:
         call.failed_rows = int(np.isin(plan.inverse, list(errors)).sum()) if errors else 0
         call.wall_seconds = time.perf_counter() - started
         hit_rows = _hit_rows(plan, from_cache)
+        call.hit_rows = len(hit_rows)
         call.cost_saved_usd = float(tokens[plan.inverse[hit_rows]].sum()) * self.price / 1e6
         self._stats.record(call)
+        if record:
+            self.record(call, started_at)
         if failure is not None:
             raise failure
         self.last_failures = _failures_by_row(plan, errors)
@@ -402,7 +428,7 @@ class Embedder:
                         norm = float(np.linalg.norm(vectors[i]))
                         vectors[i] /= norm if norm > 0 else 1.0
                 items = [(keys[i], vectors[i].copy(), int(tokens[i])) for i in done]
-            self.cache.set_many(items)
+            self.cache.set_many(items, tag=self._tag)
             for key, vec, n in items:
                 self._inflight.publish(key, (vec, n))
             if self.on_progress is not None:
@@ -535,6 +561,17 @@ def _rows_failed(failures: dict[int, str], column: str) -> RowsFailedError:
         f"every other row is embedded and cached (on_error='null' keeps going)"
     )
     return RowsFailedError(msg, failures=failures)
+
+
+def _open_ledger(ledger: str | os.PathLike[str] | bool | None, cache: Cache) -> Ledger | None:
+    from .cache import DiskCache
+    from .ledger import Ledger
+
+    if ledger is False:
+        return None
+    if ledger is None or ledger is True:
+        return Ledger(cache.directory / "ledger.sqlite") if isinstance(cache, DiskCache) else Ledger()
+    return Ledger(ledger)
 
 
 def price_per_million_for(provider: Provider, override: float | None) -> float:

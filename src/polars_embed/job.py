@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError, PolarsEmbedError
-from .stats import RunStats
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from .embedder import Embedder
     from .estimate import Estimate
+    from .stats import RunStats
 
 
 class LockedError(PolarsEmbedError):
@@ -111,7 +111,8 @@ def run(
         raise PolarsEmbedError(msg)
     output = Path(output)
     lf = scan(source)
-    total = RunStats()
+    before = embedder.total_stats.copy()
+    started_at = time.time()
     failed: dict[int, str] = {}
     hashes: list[pl.Series] = []  # 8 bytes a row, to count distinct texts over the whole run
     started = time.perf_counter()
@@ -123,7 +124,7 @@ def run(
             with os.fdopen(fd, "wb") as fh:
                 offset = 0
                 for part in partitions(lf, column, partition_rows):
-                    emb = embedder.embed(part[column], name=name, column=column)
+                    emb = embedder.embed(part[column], name=name, column=column, record=False)
                     table = part.hstack(emb).to_arrow()
                     if writer is None:
                         meta = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in embedder.metadata().items()}}
@@ -133,7 +134,6 @@ def run(
                     for i in errors.is_not_null().arg_true().to_list():
                         failed[offset + i] = errors[i]
                     offset += part.height
-                    total.add(embedder.last_stats)
                     text = part[column].cast(pl.String)
                     hashes.append(text.filter(text.str.strip_chars().str.len_bytes() > 0).hash())
                     if on_partition is not None:
@@ -150,8 +150,10 @@ def run(
                 with contextlib.suppress(Exception):
                     writer.close()
             tmp.unlink(missing_ok=True)
-    total.wall_seconds = time.perf_counter() - started
-    total.distinct = pl.concat(hashes).n_unique() if hashes else 0
+            total = embedder.total_stats.since(before)  # every call of this run, a stopped one too
+            total.wall_seconds = time.perf_counter() - started
+            total.distinct = pl.concat(hashes).n_unique() if hashes else 0
+            embedder.record(total, started_at, source=f"polars-embed run {source}")  # also a stopped run
     return RunResult(output, total, failed)
 
 

@@ -17,6 +17,7 @@ class RunStats:
     cache_hits: int = 0  # distinct texts found in the cache
     duplicate_hits: int = 0  # rows that repeat an earlier row of the same call
     misses: int = 0  # distinct texts sent to the provider
+    hit_rows: int = 0  # rows nothing was paid for (cached or repeated): the cache_hit column
     tokens_counted: int = 0
     tokens_billed: int = 0
     cost_usd: float = 0.0
@@ -30,6 +31,13 @@ class RunStats:
     def add(self, other: RunStats) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def since(self, earlier: RunStats) -> RunStats:
+        """The difference of two cumulative snapshots."""
+        return RunStats(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)})
+
+    def copy(self) -> RunStats:
+        return RunStats(**asdict(self))
 
     @property
     def rows_per_second(self) -> float:

@@ -78,8 +78,8 @@ class Record:
 
 
 class _Bucket:
-    def __init__(self, limit: float, scale: float) -> None:
-        self.limit, self.level, self.scale = limit, limit, scale
+    def __init__(self, limit: float, scale: float, *, empty: bool = False) -> None:
+        self.limit, self.level, self.scale = limit, 0.0 if empty else limit, scale
         self.last = time.monotonic()
 
     def refill(self) -> None:
@@ -98,6 +98,8 @@ class EmbeddingServer:
 
     ``time_scale`` speeds up the rate-limit clock (10 means a "minute" lasts 6 s), and
     ``latency`` / ``latency_per_1k_tokens`` model the API's response time (seconds).
+    Configure it at run time over HTTP too: ``POST /_admin/config`` with
+    ``{"rpm": .., "tpm": .., "faults": {..}}``, ``POST /_admin/reset``, ``GET /_admin/stats``.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class EmbeddingServer:
         max_input_tokens: int = 8192,
         faults: Faults | None = None,
         log_texts: bool = True,
+        start_empty: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.api_key = api_key
@@ -125,6 +128,7 @@ class EmbeddingServer:
         self.latency, self.latency_per_1k_tokens = latency, latency_per_1k_tokens
         self.max_inputs, self.max_request_tokens, self.max_input_tokens = max_inputs, max_request_tokens, max_input_tokens
         self.log_texts = log_texts
+        self.start_empty = start_empty  # buckets start used up: no first-minute burst
         self.log: list[Record] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -140,8 +144,8 @@ class EmbeddingServer:
         """Replace the rate limits and faults (the log is kept)."""
         with self._lock:
             self.rpm, self.tpm = rpm, tpm
-            self._req = _Bucket(rpm, self.time_scale) if rpm else None
-            self._tok = _Bucket(tpm, self.time_scale) if tpm else None
+            self._req = _Bucket(rpm, self.time_scale, empty=self.start_empty) if rpm else None
+            self._tok = _Bucket(tpm, self.time_scale, empty=self.start_empty) if tpm else None
             if faults is not None:
                 self.faults = faults
                 self._rng = random.Random(faults.seed)
@@ -195,6 +199,18 @@ class EmbeddingServer:
     def texts_seen(self) -> list[str]:
         """Every input of every usable 200, in order (repeats included)."""
         return [t for r in self.ok_records() for t in r.texts]
+
+    def summary(self) -> dict[str, int]:
+        """Requests, usable answers, 429s, 5xx and billed tokens so far."""
+        with self._lock:
+            log = list(self.log)
+        return {
+            "requests": len(log),
+            "ok": sum(r.status == 200 and r.fault is None for r in log),
+            "status_429": sum(r.status == 429 for r in log),
+            "status_5xx": sum(r.status >= 500 for r in log),
+            "billed_tokens": sum(r.tokens for r in log if r.status == 200 and r.fault is None),
+        }
 
     def count(self, status: int) -> int:
         with self._lock:
@@ -345,7 +361,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         state = self.server_state
-        if self.path.rstrip("/") in ("/_admin/log", "/v1/_admin/log"):
+        if self.path.rstrip("/") in ("/_admin/stats", "/v1/_admin/stats"):
+            self._send(200, json.dumps(state.summary()).encode())
+        elif self.path.rstrip("/") in ("/_admin/log", "/v1/_admin/log"):
             with state._lock:
                 rows = [asdict(r) for r in state.log]
             self._send(200, json.dumps(rows).encode())
@@ -362,6 +380,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.rstrip("/")
         if path in ("/_admin/config", "/v1/_admin/config"):
             cfg = json.loads(body or b"{}")
+            if "start_empty" in cfg:
+                state.start_empty = bool(cfg["start_empty"])
             state.configure(rpm=cfg.get("rpm"), tpm=cfg.get("tpm"), faults=Faults(**cfg.get("faults", {})))
             self._send(200, b"{}")
             return
@@ -394,9 +414,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpm", type=float, default=None, help="requests per minute before 429")
     parser.add_argument("--tpm", type=float, default=None, help="tokens per minute before 429")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--latency-per-1k", type=float, default=0.0, help="seconds added per 1,000 tokens")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="speed-up of the rate-limit clock")
+    parser.add_argument("--start-empty", action="store_true", help="rate-limit buckets start used up")
     args = parser.parse_args(argv)
     server = EmbeddingServer(host=args.host, port=args.port, api_key=args.api_key, rpm=args.rpm, tpm=args.tpm,
-                             latency=args.latency, log_texts=False)
+                             latency=args.latency, latency_per_1k_tokens=args.latency_per_1k,
+                             time_scale=args.time_scale, start_empty=args.start_empty, log_texts=False)
     server.start()
     print(f"serving OpenAI-compatible embeddings at {server.url} (Ctrl-C stops)", flush=True)
     try:

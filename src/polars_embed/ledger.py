@@ -1,0 +1,95 @@
+"""The run ledger: one record per embedding call and per ``polars-embed run``.
+
+Stored in SQLite (``ledger.sqlite`` beside the cache) rather than Parquet files: appends
+from several processes at once are safe (one short transaction each, WAL journal, busy
+timeout), a record is never half-written, and years of runs stay one small file instead of
+thousands of tiny Parquet files. Nothing in it is executable or pickled; it holds no text
+and no key.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from .cache import default_cache_dir
+from .stats import RunStats
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_FIELDS = [f for f in RunStats.__dataclass_fields__]
+_COLUMNS = ["run_id", "started_at", "ended_at", "source", "provider", "model", "dimensions", *_FIELDS]
+_REAL = ("cost_usd", "cost_saved_usd", "wall_seconds")
+_TYPES = {"dimensions": "INTEGER"} | {f: "REAL" if f in _REAL else "INTEGER" for f in _FIELDS}
+_SCHEMA = "CREATE TABLE IF NOT EXISTS runs ({})".format(
+    ", ".join(f'"{c}" {_TYPES.get(c, "TEXT")}' + (" PRIMARY KEY" if c == "run_id" else "") for c in _COLUMNS)
+)
+
+
+def default_ledger_path() -> Path:
+    return default_cache_dir() / "ledger.sqlite"
+
+
+class Ledger:
+    """Append-only records of runs; ``frame()`` returns them as a Polars DataFrame."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_ledger_path()
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=30.0)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(_SCHEMA)
+        return con
+
+    def append(self, stats: RunStats, *, started: float, ended: float, source: str,
+               meta: Mapping[str, str]) -> str:
+        run_id = uuid.uuid4().hex
+        row = [run_id, _iso(started), _iso(ended), source, meta["provider"], meta["model"], int(meta["dimensions"]),
+               *(getattr(stats, f) for f in _FIELDS)]
+        con = self._connect()
+        try:
+            with con:
+                con.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(row))})", row)
+        finally:
+            con.close()
+        return run_id
+
+    def frame(self) -> pl.DataFrame:
+        """Every record, oldest first, with a derived ``hit_rate`` column."""
+        if not self.path.exists():
+            rows: list[tuple[object, ...]] = []
+        else:
+            con = self._connect()
+            try:
+                columns = ", ".join(f'"{c}"' for c in _COLUMNS)
+                rows = con.execute(f"SELECT {columns} FROM runs ORDER BY started_at").fetchall()
+            finally:
+                con.close()
+        schema = {c: pl.String for c in _COLUMNS[:6]} | {"dimensions": pl.Int64}
+        schema |= {f: pl.Float64 if f in _REAL else pl.Int64 for f in _FIELDS}
+        df = pl.DataFrame(rows, schema=schema, orient="row")
+        return df.with_columns(
+            pl.col("started_at", "ended_at").str.to_datetime(time_zone="UTC"),
+            hit_rate=pl.col("hit_rows") / pl.max_horizontal(pl.col("hit_rows") + pl.col("misses"), 1),
+        )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def ledger(path: str | os.PathLike[str] | None = None) -> pl.DataFrame:
+    """The run ledger as a DataFrame (default: ``ledger.sqlite`` in the cache directory)."""
+    return Ledger(path).frame()
