@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     import polars as pl
 
 _MAGIC = b"PEv1"
+# An inline raw-bytes entry exactly as diskcache's Cache.set writes one (mode 1 = MODE_RAW).
+_UPSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
+    " VALUES (?, 1, ?, NULL, ?, 0, ?, 0, 1, NULL, ?)"
+    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, access_time = excluded.access_time,"
+    " tag = excluded.tag, size = 0, mode = 1, filename = NULL, value = excluded.value"
+)
 _HEADER = struct.Struct("<4sII")
 
 
@@ -161,12 +168,31 @@ class DiskCache:
 
     def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
         """Store entries in one transaction; ``tag`` (provider:model:dimensions) lets
-        ``inspect()`` break the cache down by model without storing any text."""
+        ``inspect()`` break the cache down by model without storing any text.
+
+        Values that diskcache keeps inline (under its 32 KiB file threshold: vectors of up
+        to 8,188 dimensions) are upserted with one ``executemany`` into its own table,
+        which its triggers keep counted; larger ones go through ``Cache.set``.
+        """
+        import sqlite3
+        import time
+
         db = self._db
+        limit = db.disk_min_file_size
+        now = time.time()
+        inline, large = [], []
+        for key, vector, tokens in items:
+            value = encode_value(vector, tokens)
+            if len(value) < limit:
+                inline.append((key, now, now, tag, sqlite3.Binary(value)))
+            else:
+                large.append((key, value))
         try:
             with db.transact():
-                for key, vector, tokens in items:
-                    db.set(key, encode_value(vector, tokens), tag=tag)
+                if inline:
+                    db._con.executemany(_UPSERT, inline)
+                for key, value in large:
+                    db.set(key, value, tag=tag)
         except Exception as exc:
             msg = f"cannot write to the cache at {self.directory} ({exc})"
             raise CacheError(msg) from exc

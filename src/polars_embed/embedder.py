@@ -319,10 +319,12 @@ class Embedder:
         errors: dict[int, str] = {}
 
         keys = content_keys(plan.texts, key_prefix(self.provider.name, self.model, dim))
-        for i, hit in enumerate(self.cache.get_many(keys)):
-            if hit is not None:
-                vectors[i], tokens[i] = hit
-                from_cache[i] = True
+        found = self.cache.get_many(keys)
+        hit_idx = [i for i, hit in enumerate(found) if hit is not None]
+        if hit_idx:
+            vectors[hit_idx] = np.stack([found[i][0] for i in hit_idx])  # type: ignore[index]
+            tokens[hit_idx] = [found[i][1] for i in hit_idx]  # type: ignore[index]
+            from_cache[hit_idx] = True
         # Texts another slice is fetching right now are waited for, not paid twice.
         mine, theirs = self._inflight.claim(keys, np.flatnonzero(~from_cache))
         call.misses = len(mine)
@@ -387,12 +389,6 @@ class Embedder:
         )
         pieces = [Piece(int(misses[p.owner]), p.text, p.tokens) for p in pieces]
         call.tokens_counted = sum(p.tokens for p in pieces)
-        requests = pack(
-            [p.tokens for p in pieces],
-            max_inputs=limits.max_inputs,
-            max_tokens=limits.max_request_tokens,
-            min_requests=self.runner.max_workers,
-        )
         n_pieces = np.zeros(len(vectors), dtype=np.int64)
         for p in pieces:
             n_pieces[p.owner] += 1
@@ -461,6 +457,22 @@ class Embedder:
             self._settle(estimate, result.billed_tokens * self.price / 1e6)
             finish(batch, result)
 
+        limiter = self.runner.limiter
+        if not limiter.knows_quota and len(pieces) > 1:
+            # The first request of this embedder goes alone: its answer tells the quota
+            # (x-ratelimit-*), so the rest is paced from the start instead of storming.
+            send(pieces[:1])
+            pieces = pieces[1:]
+        max_tokens = limits.max_request_tokens
+        cap = limiter.request_token_cap()
+        if cap is not None:
+            max_tokens = max(max(p.tokens for p in pieces), min(max_tokens, cap))
+        requests = pack(
+            [p.tokens for p in pieces],
+            max_inputs=limits.max_inputs,
+            max_tokens=max_tokens,
+            min_requests=4 * self.runner.max_workers,  # a few rounds: answers are processed while others fly
+        )
         futures: list[Future[None]] = [
             self.runner.pool.submit(send, [pieces[i] for i in req]) for req in requests
         ]

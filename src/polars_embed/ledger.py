@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,22 +44,48 @@ class Ledger:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_ledger_path()
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc, arg-type]
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=30.0)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute(_SCHEMA)
+        if not self._ready:
+            self._setup(con)
         return con
+
+    def _setup(self, con: sqlite3.Connection) -> None:
+        """WAL and the table, once per instance. Switching the journal mode can fail at
+        once with "database is locked" while another process does the same (SQLite does
+        not wait for it), so that step is retried."""
+        with self._lock:
+            if self._ready:
+                return
+            for attempt in range(100):
+                try:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.execute(_SCHEMA)
+                    break
+                except sqlite3.OperationalError:
+                    if attempt == 99:
+                        raise
+                    time.sleep(0.05)
+            self._ready = True
 
     def append(self, stats: RunStats, *, started: float, ended: float, source: str,
                meta: Mapping[str, str]) -> str:
         run_id = uuid.uuid4().hex
         row = [run_id, _iso(started), _iso(ended), source, meta["provider"], meta["model"], int(meta["dimensions"]),
                *(getattr(stats, f) for f in _FIELDS)]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._connect()
         try:
             with con:

@@ -95,6 +95,7 @@ class RateLimiter:
     ) -> None:
         self.rpm, self.tpm = rpm, tpm
         self._configured = {name for name, v in (("rpm", rpm), ("tpm", tpm)) if v}
+        self.observed = False  # has any response been seen (and its headers read)?
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         now = clock()
@@ -121,6 +122,7 @@ class RateLimiter:
 
     def observe(self, headers: dict[str, str]) -> None:
         """Learn limits and the remaining quota from a response's rate-limit headers."""
+        self.observed = True
         if not headers:
             return
         with self._lock:
@@ -135,6 +137,22 @@ class RateLimiter:
                     setattr(self, attr, limit)
                 if remaining is not None and getattr(self, attr):
                     setattr(self, level, min(getattr(self, level), remaining))
+
+    @property
+    def knows_quota(self) -> bool:
+        """Limits configured, or a response seen (which carries them, if the server has any)."""
+        return self.observed or bool(self._configured)
+
+    def request_token_cap(self) -> int | None:
+        """Under a tokens/min limit, requests of about a quarter second of quota (but big
+        enough that requests/min never binds first) keep the flow smooth: no burst that
+        empties the bucket, and the last request ends close to the quota's ideal time."""
+        if not self.tpm:
+            return None
+        cap = self.tpm / 240.0
+        if self.rpm:
+            cap = max(cap, 2.0 * self.tpm / self.rpm)
+        return int(cap)
 
     def pause(self, seconds: float) -> None:
         with self._lock:

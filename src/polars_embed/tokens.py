@@ -6,8 +6,9 @@ Only cache misses are counted: a cache hit carries the count stored with its vec
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import ConfigurationError, LongInputError
 
@@ -56,8 +57,17 @@ class TiktokenTokenizer:
             return self._encodings[name]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        enc = self._encoding()
-        return enc.encode_ordinary_batch(list(texts), num_threads=2)  # type: ignore[attr-defined]
+        """Two halves on two threads (tiktoken releases the GIL while it encodes);
+        faster than ``encode_ordinary_batch``, which makes a future per text."""
+        enc: Any = self._encoding()
+        texts = list(texts)
+        if len(texts) < 256:
+            return [enc.encode_ordinary(t) for t in texts]
+        half = len(texts) // 2
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(lambda: [enc.encode_ordinary(t) for t in texts[half:]])
+            first = [enc.encode_ordinary(t) for t in texts[:half]]
+            return first + second.result()
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._encoding().decode(list(ids))  # type: ignore[attr-defined]
