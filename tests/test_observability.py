@@ -109,3 +109,10 @@ def test_estimate_matches_the_real_bill_within_one_percent(make_embedder, server
     assert est.seconds is None
     limited = estimate(df, "text", embedder=make_embedder(tpm=60_000))
     assert limited.seconds == pytest.approx(limited.tokens_to_pay / 60_000 * 60, abs=0.1)
+
+
+def test_embedder_renders_in_a_notebook(make_embedder):
+    emb = make_embedder()
+    pl.DataFrame({"text": ["a"]}).with_columns(emb.expr("text"))
+    page = emb._repr_html_()
+    assert "text-embedding-3-small" in page and "<table" in page and "1 calls" in page

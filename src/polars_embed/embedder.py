@@ -258,6 +258,14 @@ class Embedder:
             out[f"{name}_error"] = pl.String()
         return out
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the configuration, then the statistics table."""
+        import html
+
+        head = (f"<p><b>Embedder</b> {html.escape(self.model)} &middot; {self.dimensions} dimensions &middot; "
+                f"{html.escape(repr(self.cache))} &middot; {self._stats.calls} calls</p>")
+        return head + self.stats()._repr_html_()
+
     def stats(self) -> pl.DataFrame:
         """Counters of the last call and of every call so far, as a DataFrame."""
         return self._stats.frame()
