@@ -135,8 +135,8 @@ class DiskCache:
                         )
                     except Exception as exc:
                         msg = (
-                            f"cannot open the cache at {self.directory} ({exc}); remove the "
-                            f"directory or point POLARS_EMBED_CACHE elsewhere"
+                            f"cannot open the cache at {self.directory} ({exc}); if it is damaged, "
+                            f"`polars-embed cache clear --force --cache {self.directory}` rebuilds it"
                         )
                         raise CacheError(msg) from exc
         return self._cache
@@ -212,6 +212,18 @@ class DiskCache:
         df = pl.DataFrame(rows, schema={"model": pl.String, "entries": pl.Int64, "bytes": pl.Int64,
                                         "oldest": pl.Float64, "newest": pl.Float64}, orient="row")
         return df.with_columns(pl.from_epoch(pl.col("oldest", "newest") * 1e6, time_unit="us").dt.replace_time_zone("UTC"))
+
+    def remove_files(self) -> None:
+        """Delete the cache's own files (a damaged cache that cannot be opened); the
+        ledger and anything else in the directory stay."""
+        import shutil
+
+        self.close()
+        for path in self.directory.glob("cache.db*"):
+            path.unlink()
+        for sub in self.directory.iterdir():  # diskcache keeps large values in 2-hex-digit folders
+            if sub.is_dir() and len(sub.name) == 2 and all(c in "0123456789abcdef" for c in sub.name):
+                shutil.rmtree(sub)
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
         db = self._db

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text in (("stats", "entries, bytes and path of the cache"), ("clear", "remove every entry")):
         p = cache_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
+        if action == "clear":
+            p.add_argument("--force", action="store_true",
+                           help="if the cache is damaged and cannot be opened, delete its files and start afresh")
         _add_common(p)
     prune = cache_sub.add_parser("prune", help="remove entries older than an age",
                                  description="Remove entries stored longer ago than --older-than.")
@@ -249,7 +252,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
                 with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120):
                     print(by_model)
         elif args.action == "clear":
-            print(f"removed {cache.clear():,} entries from {cache.directory}")
+            try:
+                print(f"removed {cache.clear():,} entries from {cache.directory}")
+            except CacheError:
+                if not args.force:
+                    raise
+                cache.remove_files()
+                print(f"the cache at {cache.directory} was damaged: removed its files; it starts empty")
         else:
             print(f"removed {cache.prune(args.older_than):,} entries older than {args.older_than / 86400:g} days from {cache.directory}")
     finally:

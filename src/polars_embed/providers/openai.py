@@ -79,6 +79,9 @@ class OpenAIProvider:
     ) -> None:
         self.model = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            msg = f"base_url {self.base_url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1"
+            raise ConfigurationError(msg)
         self.dimensions = resolve_dimensions(model, dimensions, custom_server=self.base_url is not None)
         self._send_dimensions = dimensions is not None
         self._api_key = api_key

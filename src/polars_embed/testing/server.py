@@ -62,6 +62,7 @@ class Faults:
     storm_retry_after: bool = True  # whether storm 429s carry retry-after headers
     hang_seconds: float = 30.0
     poison: list[str] = field(default_factory=list)  # a request with an input containing one -> 400
+    fail_after: int | None = None  # every request after this many answers 500 (a permanent fault)
     seed: int = 0
 
 
@@ -149,6 +150,7 @@ class EmbeddingServer:
             if faults is not None:
                 self.faults = faults
                 self._rng = random.Random(faults.seed)
+                self._seen = 0
 
     def reset_log(self) -> None:
         with self._lock:
@@ -192,6 +194,13 @@ class EmbeddingServer:
         return sum(r.tokens for r in self.ok_records())
 
     @property
+    def processed_tokens(self) -> int:
+        """Tokens of every request the server embedded, including answers that were then
+        lost or broken (hang, drop, bad JSON, short, wrong dimension): the worst-case bill."""
+        with self._lock:
+            return sum(r.tokens for r in self.log if r.status == 200)
+
+    @property
     def requests(self) -> int:
         with self._lock:
             return len(self.log)
@@ -210,6 +219,7 @@ class EmbeddingServer:
             "status_429": sum(r.status == 429 for r in log),
             "status_5xx": sum(r.status >= 500 for r in log),
             "billed_tokens": sum(r.tokens for r in log if r.status == 200 and r.fault is None),
+            "processed_tokens": sum(r.tokens for r in log if r.status == 200),
         }
 
     def count(self, status: int) -> int:
@@ -266,6 +276,9 @@ class EmbeddingServer:
             faults = self.faults
             if any(p in t for p in faults.poison for t in texts):
                 return 400, {}, _error("'$.input' is invalid: input contains a forbidden sequence.", None), None, None
+            self._seen += 1
+            if faults.fail_after is not None and self._seen > faults.fail_after:
+                return 500, {}, _error("The server is down.", None), "down", None
             limited, headers = self._take(total)
             roll = {name: self._rng.random() < getattr(faults, name) for name in (
                 "storm_429", "error_5xx", "hang", "drop", "bad_json", "short", "shuffle", "wrong_dim")}
@@ -279,11 +292,12 @@ class EmbeddingServer:
         delay = self.latency + self.latency_per_1k_tokens * total / 1000.0
         if delay:
             time.sleep(delay)
+        processed = (len(texts), total, texts)  # a real API bills what it processed, answered or not
         if roll["hang"]:
             self._stop.wait(faults.hang_seconds)
-            return 200, {}, None, "hang", None
+            return 200, {}, None, "hang", processed
         if roll["drop"]:
-            return 200, {}, None, "drop", None
+            return 200, {}, None, "drop", processed
         vdim = dim - 1 if roll["wrong_dim"] else dim
         data = [
             {"object": "embedding", "index": i, "embedding": _encode(server_vector(model, dim, t)[:vdim], req.get("encoding_format"))}
@@ -300,7 +314,7 @@ class EmbeddingServer:
         if roll["bad_json"]:
             payload = payload[: len(payload) // 2]
             fault = "bad_json"
-        return 200, headers, payload, fault, (len(texts), total, texts)
+        return 200, headers, payload, fault, processed
 
     def _take(self, tokens: int) -> tuple[dict[str, str] | None, dict[str, str]]:
         """Charge the buckets (caller holds the lock); a 429's headers if over a limit."""

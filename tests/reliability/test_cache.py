@@ -1,0 +1,104 @@
+"""One cache shared by several processes; a damaged cache; planted pickles."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import sqlite3
+
+import numpy as np
+import polars as pl
+import pytest
+
+from polars_embed import CacheError, DiskCache, Embedder
+from polars_embed.cli import main
+from polars_embed.plan import content_keys, key_prefix
+from polars_embed.testing import server_vector
+
+MODEL = "text-embedding-3-small"
+
+
+def _worker(url: str, cache: str, offset: int, queue) -> None:
+    try:
+        texts = [f"shared text {i}" for i in range(offset, offset + 1500)]
+        emb = Embedder(MODEL, base_url=url, api_key="k", dimensions=16, cache=cache, max_workers=4)
+        out = emb.embed(pl.Series("text", texts))
+        bad = sum(not np.array_equal(v, server_vector(MODEL, 16, t)) for t, v in zip(texts, out["embedding"].to_numpy()))
+        queue.put(("ok", bad))
+    except Exception as exc:  # reported to the parent, which fails the test
+        queue.put(("error", repr(exc)))
+
+
+def test_four_processes_share_one_cache(server, tmp_path, report):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(server.url, str(tmp_path / "c"), 500 * k, queue)) for k in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert all(kind == "ok" and bad == 0 for kind, bad in results), results
+    cache = DiskCache(tmp_path / "c")
+    texts = [f"shared text {i}" for i in range(0, 3000)]
+    values = cache.get_many(content_keys(texts, key_prefix("openai", MODEL, 16)))
+    assert all(v is not None and np.array_equal(v[0], server_vector(MODEL, 16, t)) for t, v in zip(texts, values))
+    report(processes=4, rows_each=1500, distinct_in_all=3000, requested_distinct=len(set(server.texts_seen())),
+           entries=cache.stats()["entries"])
+
+
+def test_garbage_cache_file_is_one_clear_error_and_clear_force_rebuilds(tmp_path, capsys):
+    directory = tmp_path / "c"
+    directory.mkdir()
+    (directory / "cache.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CacheError, match=rf"cannot open the cache at {directory}.*cache clear --force"):
+        DiskCache(directory).get_many([b"k"])
+    assert main(["cache", "clear", "--cache", str(directory)]) == 2
+    assert "cache clear --force" in capsys.readouterr().err
+    assert main(["cache", "clear", "--force", "--cache", str(directory)]) == 0
+    assert DiskCache(directory).get_many([b"k"]) == [None]
+
+
+def test_truncated_cache_file(tmp_path, server):
+    emb = Embedder(MODEL, base_url=server.url, api_key="k", dimensions=16, cache=tmp_path / "c")
+    emb.embed(pl.Series("text", [f"t{i}" for i in range(2000)]))
+    emb.close()
+    db = tmp_path / "c" / "cache.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+    with pytest.raises(CacheError, match=str(tmp_path / "c")):
+        Embedder(MODEL, base_url=server.url, api_key="k", dimensions=16, cache=tmp_path / "c").embed(
+            pl.Series("text", [f"t{i}" for i in range(2000)]))
+
+
+def test_an_entry_we_did_not_write_is_refused_not_misread(tmp_path):
+    cache = DiskCache(tmp_path / "c")
+    key = content_keys(["x"], key_prefix("openai", MODEL, 4))[0]
+    cache._db.set(key, b"\x00" * 24)  # raw bytes, but not our layout
+    with pytest.raises(CacheError, match="damaged entry"):
+        cache.get_many([key])
+
+
+class _Payload:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(_Payload.target),))
+
+
+def test_a_planted_pickle_is_never_unpickled(tmp_path, report):
+    import diskcache
+
+    target = tmp_path / "pwned"
+    _Payload.target = str(target)
+    directory = tmp_path / "c"
+    DiskCache(directory).stats()  # create it as polars-embed would
+    key = content_keys(["hello"], key_prefix("openai", MODEL, 4))[0]
+    with diskcache.Cache(str(directory)) as plain:  # an attacker's write with the stock (pickling) Disk
+        plain.set(key, _Payload())
+    assert sqlite3.connect(directory / "cache.db").execute("SELECT mode FROM Cache").fetchall() == [(4,)]
+    with pytest.raises(CacheError, match="pickled"):
+        DiskCache(directory).get_many([key])
+    assert not target.exists()
+    pickle.loads(pickle.dumps(_Payload()))  # the payload does work when unpickled...
+    assert target.exists()  # ...so the refusal above is what protected us
+    report(planted="pickle payload that creates a file", executed_by_polars_embed=False)
