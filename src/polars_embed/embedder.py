@@ -466,24 +466,25 @@ class Embedder:
             finish(batch, result)
 
         limiter = self.runner.limiter
-        if not limiter.knows_quota and len(pieces) > 1:
+
+        def packed(items: list[Piece]) -> list[list[Piece]]:
+            max_tokens = limits.max_request_tokens
+            cap = limiter.request_token_cap()  # under a tokens/min limit: smaller requests
+            if cap is not None:
+                max_tokens = max(max(p.tokens for p in items), min(max_tokens, cap))
+            groups = pack([p.tokens for p in items], max_inputs=limits.max_inputs, max_tokens=max_tokens,
+                          min_requests=4 * self.runner.max_workers)  # a few rounds: answers are handled while others fly
+            return [[items[i] for i in g] for g in groups]
+
+        requests = packed(pieces)
+        if not limiter.knows_quota and len(requests) > 1:
             # The first request of this embedder goes alone: its answer tells the quota
             # (x-ratelimit-*), so the rest is paced from the start instead of storming.
-            send(pieces[:1])
-            pieces = pieces[1:]
-        max_tokens = limits.max_request_tokens
-        cap = limiter.request_token_cap()
-        if cap is not None:
-            max_tokens = max(max(p.tokens for p in pieces), min(max_tokens, cap))
-        requests = pack(
-            [p.tokens for p in pieces],
-            max_inputs=limits.max_inputs,
-            max_tokens=max_tokens,
-            min_requests=4 * self.runner.max_workers,  # a few rounds: answers are processed while others fly
-        )
-        futures: list[Future[None]] = [
-            self.runner.pool.submit(send, [pieces[i] for i in req]) for req in requests
-        ]
+            send(requests[0])
+            requests = requests[1:]
+            if limiter.request_token_cap() is not None:  # a tokens/min limit was learned
+                requests = packed([p for r in requests for p in r])
+        futures: list[Future[None]] = [self.runner.pool.submit(send, req) for req in requests]
         try:
             done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
             first_error = next((f.exception() for f in done if f.exception() is not None), None)
