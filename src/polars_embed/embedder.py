@@ -8,6 +8,7 @@ cache handles are opened lazily and dropped on pickling).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -387,21 +388,23 @@ class Embedder:
     ) -> None:
         """Embed the distinct texts ``misses``; each finished request goes to the cache at once."""
         limits = self.provider.limits
-        pieces = prepare_inputs(
-            [plan.texts[i] for i in misses],
-            self.provider.tokenizer(),
-            max_input_tokens=limits.max_input_tokens,
-            policy=self.on_long_input,
-            row_of=[int(plan.first_row[i]) for i in misses],
-            column=column,
-        )
-        pieces = [Piece(int(misses[p.owner]), p.text, p.tokens) for p in pieces]
-        call.tokens_counted = sum(p.tokens for p in pieces)
-        n_pieces = np.zeros(len(vectors), dtype=np.int64)
-        for p in pieces:
-            n_pieces[p.owner] += 1
-        pending = n_pieces.copy()  # pieces not yet back, per text
+        tokenizer = self.provider.tokenizer()
+        n_pieces = np.zeros(len(vectors), dtype=np.int64)  # pieces per text (chunk policy: several)
+        pending = np.zeros(len(vectors), dtype=np.int64)  # pieces not yet back, per text
         lock = threading.Lock()
+
+        def tokenize(idx: np.ndarray) -> list[Piece]:
+            got = prepare_inputs(
+                [plan.texts[i] for i in idx], tokenizer, max_input_tokens=limits.max_input_tokens,
+                policy=self.on_long_input, row_of=[int(plan.first_row[i]) for i in idx], column=column,
+            )
+            out = [Piece(int(idx[p.owner]), p.text, p.tokens) for p in got]
+            with lock:
+                for p in out:
+                    n_pieces[p.owner] += 1
+                    pending[p.owner] += 1
+            call.tokens_counted += sum(p.tokens for p in out)
+            return out
 
         def on_retry(exc: BaseException) -> None:
             with lock:
@@ -466,25 +469,40 @@ class Embedder:
             finish(batch, result)
 
         limiter = self.runner.limiter
+        rounds = 4 * self.runner.max_workers  # a few rounds: answers are handled while others fly
 
-        def packed(items: list[Piece]) -> list[list[Piece]]:
+        def packed(items: list[Piece], min_requests: int = rounds) -> list[list[Piece]]:
+            if not items:
+                return []
             max_tokens = limits.max_request_tokens
             cap = limiter.request_token_cap()  # under a tokens/min limit: smaller requests
             if cap is not None:
                 max_tokens = max(max(p.tokens for p in items), min(max_tokens, cap))
             groups = pack([p.tokens for p in items], max_inputs=limits.max_inputs, max_tokens=max_tokens,
-                          min_requests=4 * self.runner.max_workers)  # a few rounds: answers are handled while others fly
+                          min_requests=min_requests)
             return [[items[i] for i in g] for g in groups]
 
-        requests = packed(pieces)
-        if not limiter.knows_quota and len(requests) > 1:
-            # The first request of this embedder goes alone: its answer tells the quota
-            # (x-ratelimit-*), so the rest is paced from the start instead of storming.
-            send(requests[0])
-            requests = requests[1:]
-            if limiter.request_token_cap() is not None:  # a tokens/min limit was learned
-                requests = packed([p for r in requests for p in r])
-        futures: list[Future[None]] = [self.runner.pool.submit(send, req) for req in requests]
+        # The head request leaves while the rest is tokenized and packed. When the quota is
+        # not known yet it also goes alone: its answer (x-ratelimit-*) paces the rest, so a
+        # run starts at the quota instead of storming. Taking a full request's worth of
+        # texts as the head keeps the packing at the lower bound.
+        if self.on_long_input == "error":  # every row is checked before anything is paid for
+            head, *spill = packed(tokenize(misses))
+            later = misses[:0]
+        else:
+            head_n = min(len(misses), limits.max_inputs, math.ceil(len(misses) / rounds))
+            head, *spill = packed(tokenize(misses[:head_n]), min_requests=1)
+            later = misses[head_n:]
+        probe = not limiter.knows_quota
+        futures: list[Future[None]] = [self.runner.pool.submit(send, head)]
+        try:
+            rest = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
+            if probe:
+                futures[0].result()
+            futures += [self.runner.pool.submit(send, req) for req in packed(rest)]
+        except BaseException:
+            wait(futures)  # what is in flight finishes and is cached
+            raise
         try:
             done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
             first_error = next((f.exception() for f in done if f.exception() is not None), None)
