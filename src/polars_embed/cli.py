@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", default="embedding", help="name of the vector column (default: embedding)")
     _add_model(run)
     run.add_argument("--partition-rows", type=int, default=5000, help="rows per partition; sets memory (default: 5000)")
-    run.add_argument("--workers", type=int, default=None, help="concurrent requests (default: 8; cores for local)")
+    run.add_argument("--workers", type=int, default=None, help="concurrent requests (default: 16; cores for local)")
     run.add_argument("--rpm", type=float, default=None, help="stay under this many requests per minute")
     run.add_argument("--tpm", type=float, default=None, help="stay under this many tokens per minute")
     run.add_argument("--on-long-input", choices=["truncate", "chunk", "error"], default="truncate",

@@ -139,7 +139,7 @@ class Embedder:
     limits
         Per-request limits of the server (inputs, tokens, per-input tokens, encoding).
     max_workers, rpm, tpm
-        Concurrent requests (default 8; the number of cores for a local model), and
+        Concurrent requests (default 16; the number of cores for a local model), and
         requests/tokens per minute to stay under.
     timeout, max_attempts, max_retry_seconds
         Per-request timeout, and the retry bounds.
@@ -183,7 +183,7 @@ class Embedder:
             model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
         )
         if max_workers is None:  # requests wait on the network; a local model on the cores
-            max_workers = (os.cpu_count() or 1) if self.provider.name == "local" else 8
+            max_workers = (os.cpu_count() or 1) if self.provider.name == "local" else 16
         if max_workers < 1:
             msg = f"max_workers must be at least 1, got {max_workers}"
             raise ConfigurationError(msg)
