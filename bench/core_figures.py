@@ -12,12 +12,11 @@ import tempfile
 import time
 
 import polars as pl
+from corpus import corpus
 
 from polars_embed import Embedder
 from polars_embed.pack import lower_bound
 from polars_embed.testing import EmbeddingServer
-
-from corpus import corpus
 
 
 def main() -> None:

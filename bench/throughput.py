@@ -36,12 +36,12 @@ import polars as pl
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import corpus  # noqa: E402
+from corpus import corpus
 
-from polars_embed import Embedder, Limits  # noqa: E402
-from polars_embed.cache import DiskCache  # noqa: E402
-from polars_embed.plan import content_keys, key_prefix, make_plan  # noqa: E402
-from polars_embed.testing import server_vector  # noqa: E402
+from polars_embed import Embedder, Limits
+from polars_embed.cache import DiskCache
+from polars_embed.plan import content_keys, key_prefix, make_plan
+from polars_embed.testing import server_vector
 
 MODEL = "text-embedding-3-small"
 PORT = 8797

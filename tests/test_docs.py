@@ -14,13 +14,13 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
 def block_after(marker: str) -> str:
-    m = re.search(rf"<!-- example: {marker} -->\s*```\w+\n(.*?)```", README, re.S)
+    m = re.search(rf"<!-- example: {marker} -->\s*```\w+\n(.*?)```", README, re.DOTALL)
     assert m, marker
     return m.group(1)
 
 
 def test_readme_starts_with_the_two_setup_commands():
-    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    first_block = re.search(r"```bash\n(.*?)```", README, re.DOTALL).group(1)
     assert first_block.splitlines()[0].startswith("make demo")
     assert first_block.splitlines()[1].startswith("make test")
 

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from polars_embed import Embedder, Limits, ProviderError, RowsFailedError
-from polars_embed.testing import EmbeddingServer, Faults, server_vector
 from polars_embed.runner import RateLimiter
+from polars_embed.testing import EmbeddingServer, Faults, server_vector
 
 MODEL = "text-embedding-3-small"
 

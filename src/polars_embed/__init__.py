@@ -19,8 +19,8 @@ from .errors import (
 )
 from .estimate import Estimate, estimate
 from .expr import embed_column
-from .ledger import Ledger, ledger
 from .io import read_metadata, write_parquet
+from .ledger import Ledger, ledger
 from .providers import Limits
 
 __all__ = [

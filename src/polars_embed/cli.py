@@ -332,7 +332,7 @@ def _reachable(base_url: str) -> tuple[bool, str]:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5.0) as r:  # noqa: S310
+        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5.0) as r:
             status = r.status
     except urllib.error.HTTPError as exc:  # an answer all the same (401 without a key)
         status = exc.code

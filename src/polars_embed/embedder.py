@@ -622,6 +622,6 @@ def price_per_million_for(provider: Provider, override: float | None) -> float:
 def _expr_name(expr: pl.Expr) -> str:
     try:
         return expr.meta.output_name()
-    except Exception:  # an expression without a single root column
+    except Exception:  # noqa: BLE001 - an expression without a single root column
         return str(expr)
 

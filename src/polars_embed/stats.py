@@ -71,11 +71,6 @@ class StatsBook:
             self.total.add(call)
             self.calls += 1
 
-    def bump(self, name: str, by: int = 1) -> None:
-        """Count an event (a retry, a 429) as it happens, into the running total."""
-        with self._lock:
-            setattr(self.total, name, getattr(self.total, name) + by)
-
     def frame(self) -> pl.DataFrame:
         with self._lock:
             rows = [{"scope": "last call", **self.last.as_dict()}, {"scope": "total", **self.total.as_dict()}]

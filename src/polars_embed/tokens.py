@@ -36,7 +36,7 @@ class TiktokenTokenizer:
     def __init__(self, encoding: str = "cl100k_base") -> None:
         self.encoding_name = encoding
 
-    def _encoding(self):  # noqa: ANN202 - tiktoken.Encoding
+    def _encoding(self):
         name = self.encoding_name
         with self._lock:
             if name not in self._encodings:

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from polars_embed import ColumnTypeError, ConfigurationError, Embedder, MemoryCache, ProviderError, embed_column
+from polars_embed import (
+    ColumnTypeError,
+    ConfigurationError,
+    Embedder,
+    MemoryCache,
+    ProviderError,
+    embed_column,
+)
 from polars_embed.testing import EmbeddingServer, server_vector
 
 MODEL = "text-embedding-3-small"

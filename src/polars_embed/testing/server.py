@@ -320,7 +320,7 @@ class EmbeddingServer:
         """Charge the buckets (caller holds the lock); a 429's headers if over a limit."""
         headers: dict[str, str] = {}
         wait = 0.0
-        for bucket, kind, amount in ((self._req, "requests", 1), (self._tok, "tokens", tokens)):
+        for bucket, amount in ((self._req, 1), (self._tok, tokens)):
             if bucket is None:
                 continue
             bucket.refill()
