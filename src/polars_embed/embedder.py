@@ -367,12 +367,12 @@ class Embedder:
         self._stats.record(call)
         if record:
             self.record(call, started_at)
+        self.last_failures = _failures_by_row(plan, errors)
         if failure is not None:
             raise failure
-        self.last_failures = _failures_by_row(plan, errors)
         if self.last_failures and self.on_error == "raise":
             raise _rows_failed(self.last_failures, column)
-        return self._assemble(plan, vectors, tokens, cost, from_cache, errors, name)
+        return self._assemble(plan, vectors, tokens, cost, hit_rows, errors, name)
 
     def _fetch(
         self,
@@ -544,7 +544,7 @@ class Embedder:
         vectors: np.ndarray,
         tokens: np.ndarray,
         cost: np.ndarray,
-        from_cache: np.ndarray,
+        hit_rows: np.ndarray,
         errors: dict[int, str],
         name: str,
     ) -> pl.DataFrame:
@@ -559,7 +559,7 @@ class Embedder:
         flat = np.concatenate([vectors, np.zeros((1, dim), np.float32)])[idx].reshape(-1)
         arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array(failed[idx]))
         hit = np.zeros(plan.n_rows, dtype=bool)
-        hit[_hit_rows(plan, from_cache)] = True
+        hit[hit_rows] = True
         row_cost = np.zeros(plan.n_rows, dtype=np.float64)
         row_cost[plan.first_row] = cost
         columns: dict[str, Any] = {
