@@ -2,27 +2,31 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: demo test install clean
 
 # Embeds the shipped sample offline (no key, no network) and prints the cost/cache summary.
 # Run it twice: the second run is all cache hits. The cache lives in .cache/ here.
-demo: $(STAMP)
+demo: $(VENV)/.installed
 	POLARS_EMBED_CACHE=$${POLARS_EMBED_CACHE:-.cache/polars-embed} $(BIN)/polars-embed run data/sample.parquet data/out/sample_embedded.parquet --column text
+
+# The package with its test extras (hypothesis, and what executes the notebooks), then the suite.
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+install: $(VENV)/.installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-
-$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
-
-install: $(STAMP)
-
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) data/out
+	rm -rf $(VENV) data/out .cache
