@@ -478,6 +478,10 @@ class Embedder:
             cap = limiter.request_token_cap()  # under a tokens/min limit: smaller requests
             if cap is not None:
                 max_tokens = max(max(p.tokens for p in items), min(max_tokens, cap))
+            # Split for the pool, but never below a quarter of the input limit a request:
+            # a 5,000-row partition is 10 requests, not 64 tiny ones that would eat the RPM quota.
+            floor = max(1, limits.max_inputs // 4)
+            min_requests = max(1, min(min_requests, len(items) // floor))
             groups = pack([p.tokens for p in items], max_inputs=limits.max_inputs, max_tokens=max_tokens,
                           min_requests=min_requests)
             return [[items[i] for i in g] for g in groups]
