@@ -244,3 +244,15 @@ def test_api_key_not_in_repr_or_metadata(make_embedder):
     emb = make_embedder(api_key="sk-canary-secret")
     assert "canary" not in repr(emb)
     assert "canary" not in str(emb.metadata())
+
+
+def test_large_frame_requests_stay_at_the_lower_bound(make_embedder, server):
+    from polars_embed.pack import lower_bound
+
+    emb = make_embedder(dimensions=8, timeout=60.0)  # big requests on a busy 2-core box: no timeout retries
+    texts = [f"short row {i} " + "x " * (i % 50) for i in range(45_000)]
+    out = pl.DataFrame({"text": texts}).with_columns(emb.expr("text"))
+    bound = lower_bound(out["embedding_tokens"].to_list(), 2048, 300_000)
+    assert bound >= 20  # more requests than the pool has workers: nothing to split
+    assert len(server.ok_records()) <= bound * 1.01
+    assert server.requests == len(server.ok_records())

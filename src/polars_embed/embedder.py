@@ -469,7 +469,7 @@ class Embedder:
             finish(batch, result)
 
         limiter = self.runner.limiter
-        rounds = 4 * self.runner.max_workers  # a few rounds: answers are handled while others fly
+        rounds = self.runner.max_workers  # enough requests to use the pool; more would only add requests
 
         def packed(items: list[Piece], min_requests: int = rounds) -> list[list[Piece]]:
             if not items:
