@@ -469,23 +469,7 @@ class Embedder:
             finish(batch, result)
 
         limiter = self.runner.limiter
-        rounds = self.runner.max_workers  # enough requests to use the pool; more would only add requests
-
-        def packed(items: list[Piece], min_requests: int = rounds) -> list[list[Piece]]:
-            if not items:
-                return []
-            max_tokens = limits.max_request_tokens
-            cap = limiter.request_token_cap()  # under a tokens/min limit: smaller requests
-            if cap is not None:
-                max_tokens = max(max(p.tokens for p in items), min(max_tokens, cap))
-            # Split for the pool, but never below a quarter of the input limit a request:
-            # a 5,000-row partition is 10 requests, not 64 tiny ones that would eat the RPM quota.
-            floor = max(1, limits.max_inputs // 4)
-            min_requests = max(1, min(min_requests, len(items) // floor))
-            groups = pack([p.tokens for p in items], max_inputs=limits.max_inputs, max_tokens=max_tokens,
-                          min_requests=min_requests)
-            return [[items[i] for i in g] for g in groups]
-
+        packed = self._requests
         # The head request leaves while the rest is tokenized and packed. When the quota is
         # not known yet it also goes alone: its answer (x-ratelimit-*) paces the rest, so a
         # run starts at the quota instead of storming. Taking a full request's worth of
@@ -494,7 +478,7 @@ class Embedder:
             head, *spill = packed(tokenize(misses))
             later = misses[:0]
         else:
-            head_n = min(len(misses), limits.max_inputs, math.ceil(len(misses) / rounds))
+            head_n = min(len(misses), limits.max_inputs, math.ceil(len(misses) / self.runner.max_workers))
             head, *spill = packed(tokenize(misses[:head_n]), min_requests=1)
             later = misses[head_n:]
         probe = not limiter.knows_quota
@@ -522,6 +506,27 @@ class Embedder:
         # a text whose chunk failed is a failed text, even if other chunks came back
         for i in list(errors):
             tokens[i] = 0
+
+    def _requests(self, items: list[Piece], min_requests: int | None = None) -> list[list[Piece]]:
+        """Pack pieces into requests as a run sends them (``estimate`` uses it too).
+
+        Under a tokens/min limit requests are smaller; a small job is split so the pool is
+        used (``min_requests``, default one request per worker), but never below a quarter
+        of the input limit a request, so a 5,000-row partition does not become dozens of
+        tiny requests that would eat a requests/min quota.
+        """
+        if not items:
+            return []
+        limits = self.provider.limits
+        max_tokens = limits.max_request_tokens
+        cap = self.runner.limiter.request_token_cap()
+        if cap is not None:
+            max_tokens = max(max(p.tokens for p in items), min(max_tokens, cap))
+        wanted = self.runner.max_workers if min_requests is None else min_requests
+        floor = max(1, limits.max_inputs // 4)
+        groups = pack([p.tokens for p in items], max_inputs=limits.max_inputs, max_tokens=max_tokens,
+                      min_requests=max(1, min(wanted, len(items) // floor)))
+        return [[items[i] for i in g] for g in groups]
 
     def _reserve(self, estimate: float) -> None:
         if self.max_cost is None:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from .pack import pack
 from .plan import as_text, content_keys, key_prefix, make_plan
 from .tokens import prepare_inputs
 
@@ -60,9 +59,8 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
             max_input_tokens=limits.max_input_tokens, policy=embedder.on_long_input,
             row_of=[int(plan.first_row[i]) for i in misses], column=column,
         )
-        counts = [p.tokens for p in pieces]
-        est.tokens_to_pay += sum(counts)
-        est.requests += len(pack(counts, max_inputs=limits.max_inputs, max_tokens=limits.max_request_tokens))
+        est.tokens_to_pay += sum(p.tokens for p in pieces)
+        est.requests += len(embedder._requests(pieces))
     est.cost_usd = est.tokens_to_pay * embedder.price / 1e6
     rpm, tpm = embedder.runner.limiter.rpm, embedder.runner.limiter.tpm
     if rpm or tpm:
