@@ -40,49 +40,78 @@ def source(tmp_path):
     return src, texts
 
 
+def kill_when(p, ready, delay=0.0, timeout=120.0):
+    """SIGKILL ``p`` once ``ready()`` holds (plus ``delay`` seconds); False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if p.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.002)
+    time.sleep(delay)
+    if p.poll() is not None:
+        return False
+    p.send_signal(signal.SIGKILL)
+    p.wait(60)
+    return True
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun(server, tmp_path, source, report):
+    """Kill points are set by progress, not by the clock, so a slow or fast machine kills
+    at the same places: after k answered requests (anywhere in the run), and after the last
+    answer (while the output is written and renamed)."""
     src, texts = source
     server.latency = 0.02
     # the clean bill, in its own cache
     t = time.perf_counter()
     p = start(src, tmp_path / "clean.parquet", server, tmp_path / "clean-cache")
     assert p.wait(120) == 0, p.stderr.read()
-    clean_wall = time.perf_counter() - t  # the whole process: start-up, requests, output write
+    clean_wall = time.perf_counter() - t
     clean = server.billed_tokens
+    n_requests = len(server.ok_records())
     max_request = max(r.tokens for r in server.ok_records())
+    assert n_requests >= 10  # enough requests to kill between
     rng = random.Random(0)
     out = tmp_path / "out.parquet"
     pl.DataFrame({"id": [0], "text": ["old output"]}).write_parquet(out)  # an old output to protect
-    kills, extra_total, worst = 0, 0, 0
-    points = 12
-    for point in range(points):
+    mid_kills, end_kills, extra_total, worst = 0, 0, 0, 0
+    mid_points, end_points = 9, 3
+    for point in range(mid_points + end_points):
         cache = tmp_path / f"cache{point}"
         server.reset_log()
-        # kill points spread over the whole run; the last three near its end (the output write)
-        fraction = rng.uniform(0.1, 1.0) if point < points - 3 else rng.uniform(0.85, 0.98)
-        for _ in range(5):  # a run that finished before its kill point is tried again, earlier
+        if point < mid_points:  # after k answered requests: the run cannot have finished
+            k = rng.randint(1, n_requests - 1)
             p = start(src, out, server, cache)
-            time.sleep(fraction * clean_wall)
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                kills += 1
-                p.wait(60)
-                break
-            fraction *= 0.8
+            assert kill_when(p, lambda k=k: server.requests >= k), p.stderr.read()
+            mid_kills += 1
+        else:  # after the last answer, while the output is written; a run that beats the kill is tried again
+            delay = rng.uniform(0.0, 0.05)
+            for attempt in range(5):
+                cache = tmp_path / f"cache{point}-{attempt}"
+                server.reset_log()
+                pl.DataFrame({"id": [0], "text": ["old output"]}).write_parquet(out)
+                p = start(src, out, server, cache)
+                if kill_when(p, lambda: len(server.ok_records()) >= n_requests, delay):
+                    end_kills += 1
+                    break
+                delay /= 4
         old_or_new = pl.read_parquet(out)  # never half-written: the old file or a complete new one
         assert old_or_new.height in (1, ROWS)
         p = start(src, out, server, cache)
         assert p.wait(120) == 0, p.stderr.read()
+        assert not list(tmp_path.glob(".out.parquet.*.tmp"))  # what a killed run left is cleaned up
         check_output(out, texts)
         extra = server.billed_tokens - clean
         assert extra <= 4 * max_request  # at most the requests in flight (--workers 4) at the kill
         extra_total += extra
         worst = max(worst, extra)
         pl.DataFrame({"id": [0], "text": ["old output"]}).write_parquet(out)
-    assert kills >= 10
-    report(kill_points=points, killed=kills, clean_tokens=clean, clean_wall_seconds=round(clean_wall, 2),
-           mean_extra_tokens=extra_total / points, max_extra_tokens=worst, bound_tokens=4 * max_request)
+    assert mid_kills == mid_points and end_kills >= 1
+    report(kill_points=mid_points + end_points, killed=mid_kills + end_kills, killed_after_last_answer=end_kills,
+           clean_requests=n_requests, clean_tokens=clean, clean_wall_seconds=round(clean_wall, 2),
+           mean_extra_tokens=extra_total / (mid_points + end_points), max_extra_tokens=worst,
+           bound_tokens=4 * max_request)
 
 
 def test_sigint_stops_promptly_and_says_how_to_resume(server, tmp_path, source, report):

@@ -27,6 +27,7 @@ import hashlib
 import json
 import random
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,18 @@ class _Bucket:
         """Real seconds until ``amount`` is available (0 if it is now)."""
         short = min(amount, self.limit) - self.level
         return 0.0 if short <= 0 else short * 60.0 / (self.limit * self.scale)
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Says nothing when a client hangs up mid-request (a killed or timed-out client is
+    what the fault tests do on purpose); any other handler error is still printed."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class EmbeddingServer:
@@ -163,8 +176,7 @@ class EmbeddingServer:
 
     def start(self) -> EmbeddingServer:
         handler = type("Handler", (_Handler,), {"server_state": self})
-        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietHTTPServer((self.host, self.port), handler)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="embedding-server", daemon=True)
         self._thread.start()
