@@ -118,7 +118,10 @@ def test_sigint_stops_promptly_and_says_how_to_resume(server, tmp_path, source, 
     src, _ = source
     server.latency = 0.1
     p = start(src, tmp_path / "out.parquet", server, tmp_path / "cache")
-    time.sleep(2.0)
+    deadline = time.monotonic() + 60
+    while server.requests < 4:  # mid-run, by progress: a fast machine must not finish first
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.01)
     t = time.perf_counter()
     p.send_signal(signal.SIGINT)
     code = p.wait(30)
