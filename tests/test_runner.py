@@ -21,7 +21,7 @@ def check_all(out: pl.DataFrame, dim: int = 64) -> None:
 def test_5xx_is_retried_with_backoff(make_embedder, server):
     waits: list[float] = []
     server.configure(faults=Faults(error_5xx=0.5, seed=1))
-    emb = make_embedder(sleep=waits.append)
+    emb = make_embedder(sleep=waits.append, limits=Limits(max_inputs=4))  # 10 requests
     out = pl.DataFrame({"text": [f"t{i}" for i in range(40)]}).with_columns(emb.expr("text"))
     check_all(out)
     assert server.count(500) > 0

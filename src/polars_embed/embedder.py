@@ -61,12 +61,22 @@ def make_provider(
     )
 
 
-class _Pending:
-    __slots__ = ("event", "value")
+class _Claim:
+    """The texts one call fetches. The event is set when the whole fetch has ended (one
+    event a call, not one a text); only the vectors another call waits for are kept."""
+
+    __slots__ = ("done", "wanted", "values")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
-        self.value: tuple[np.ndarray, int] | None = None
+        self.done = threading.Event()
+        self.wanted: set[bytes] = set()
+        self.values: dict[bytes, tuple[np.ndarray, int]] = {}
+
+    def wait(self, key: bytes) -> tuple[np.ndarray, int] | None:
+        """The vector and tokens of ``key`` once the fetch has ended; None if it failed
+        (or finished before this waiter came: the cache has it then)."""
+        self.done.wait()
+        return self.values.get(key)
 
 
 class InFlight:
@@ -78,35 +88,37 @@ class InFlight:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes, _Claim] = {}
 
-    def claim(self, keys: list[bytes], indices: np.ndarray) -> tuple[list[int], list[tuple[int, _Pending]]]:
-        """Split ``indices`` into the ones this call fetches and the ones it waits for."""
+    def claim(self, keys: list[bytes], indices: np.ndarray) -> tuple[_Claim, list[int], list[tuple[int, _Claim]]]:
+        """Split ``indices`` into the ones this call fetches (under the returned claim) and
+        the ones it waits for (with the claim of the call fetching each)."""
+        claim = _Claim()
         mine: list[int] = []
-        theirs: list[tuple[int, _Pending]] = []
+        theirs: list[tuple[int, _Claim]] = []
         with self._lock:
+            pending = self._pending
             for i in indices.tolist():
-                pending = self._pending.get(keys[i])
-                if pending is None:
-                    self._pending[keys[i]] = _Pending()
+                other = pending.setdefault(keys[i], claim)
+                if other is claim:
                     mine.append(i)
                 else:
-                    theirs.append((i, pending))
-        return mine, theirs
+                    other.wanted.add(keys[i])
+                    theirs.append((i, other))
+        return claim, mine, theirs
 
-    def publish(self, key: bytes, value: tuple[np.ndarray, int]) -> None:
+    def publish(self, claim: _Claim, items: list[tuple[bytes, np.ndarray, int]]) -> None:
+        """Hand finished vectors to the calls waiting for them."""
         with self._lock:
-            pending = self._pending.pop(key, None)
-        if pending is not None:
-            pending.value = value
-            pending.event.set()
+            if claim.wanted:
+                claim.values.update((key, (vec, n)) for key, vec, n in items if key in claim.wanted)
 
-    def release(self, keys: list[bytes]) -> None:
-        """Wake the waiters of every key not published (its fetch failed)."""
+    def release(self, claim: _Claim, keys: list[bytes]) -> None:
+        """End ``claim``'s fetch: its waiters take what was published, fetch the rest."""
         with self._lock:
-            released = [p for p in (self._pending.pop(k, None) for k in keys) if p is not None]
-        for pending in released:
-            pending.event.set()
+            for key in keys:
+                self._pending.pop(key, None)
+        claim.done.set()
 
 
 class Embedder:
@@ -335,29 +347,36 @@ class Embedder:
             tokens[hit_idx] = [found[i][1] for i in hit_idx]  # type: ignore[index]
             from_cache[hit_idx] = True
         # Texts another slice is fetching right now are waited for, not paid twice.
-        mine, theirs = self._inflight.claim(keys, np.flatnonzero(~from_cache))
+        claim, mine, theirs = self._inflight.claim(keys, np.flatnonzero(~from_cache))
         call.misses = len(mine)
 
         failure: BaseException | None = None
         try:
             if mine:
-                self._fetch(plan, np.asarray(mine), keys, vectors, tokens, cost, errors, call, column)
+                self._fetch(plan, np.asarray(mine), keys, vectors, tokens, cost, errors, call, column, claim)
         except (ProviderError, BudgetExceededError, KeyboardInterrupt) as exc:
             failure = exc
         finally:
-            self._inflight.release([keys[i] for i in mine])
+            self._inflight.release(claim, [keys[i] for i in mine])
         if theirs and failure is None:
             retry = []
-            for i, pending in theirs:
-                pending.event.wait()
-                if pending.value is None:  # the other slice failed on it: our turn
+            for i, other in theirs:
+                value = other.wait(keys[i])
+                if value is None:  # not handed over: looked up again below
                     retry.append(i)
                 else:
-                    vectors[i], tokens[i] = pending.value
+                    vectors[i], tokens[i] = value
                     from_cache[i] = True
+            if retry:  # another call failed on them, or stored them before we came: look again
+                again = self.cache.get_many([keys[i] for i in retry])
+                for i, hit in zip(retry, again):
+                    if hit is not None:
+                        vectors[i], tokens[i] = hit
+                        from_cache[i] = True
+                retry = [i for i, hit in zip(retry, again) if hit is None]
             if retry:
                 call.misses += len(retry)
-                self._fetch(plan, np.asarray(retry), keys, vectors, tokens, cost, errors, call, column)
+                self._fetch(plan, np.asarray(retry), keys, vectors, tokens, cost, errors, call, column, _Claim())
         call.cache_hits = int(from_cache.sum())
         call.failed_rows = int(np.isin(plan.inverse, list(errors)).sum()) if errors else 0
         call.wall_seconds = time.perf_counter() - started
@@ -385,8 +404,10 @@ class Embedder:
         errors: dict[int, str],
         call: RunStats,
         column: str,
+        claim: _Claim,
     ) -> None:
-        """Embed the distinct texts ``misses``; each finished request goes to the cache at once."""
+        """Embed the distinct texts ``misses``; each finished request goes to the cache (and
+        to the slices waiting on ``claim``) at once."""
         limits = self.provider.limits
         tokenizer = self.provider.tokenizer()
         n_pieces = np.zeros(len(vectors), dtype=np.int64)  # pieces per text (chunk policy: several)
@@ -436,8 +457,7 @@ class Embedder:
                         vectors[i] /= norm if norm > 0 else 1.0
                 items = [(keys[i], vectors[i].copy(), int(tokens[i])) for i in done]
             self.cache.set_many(items, tag=self._tag)
-            for key, vec, n in items:
-                self._inflight.publish(key, (vec, n))
+            self._inflight.publish(claim, items)
             if self.on_progress is not None:
                 self.on_progress(RunStats(rows=len(done), requests=1, tokens_billed=result.billed_tokens))
 
@@ -470,24 +490,48 @@ class Embedder:
 
         limiter = self.runner.limiter
         packed = self._requests
-        # The head request leaves while the rest is tokenized and packed. When the quota is
-        # not known yet it also goes alone: its answer (x-ratelimit-*) paces the rest, so a
-        # run starts at the quota instead of storming. Taking a full request's worth of
-        # texts as the head keeps the packing at the lower bound.
+        pool = self.runner.pool
+        # The head request leaves while the rest is tokenized. When the quota is not known
+        # yet it goes alone: its answer (x-ratelimit-*) paces the rest, so a run starts at
+        # the quota instead of storming; what is tokenized meanwhile waits in `backlog`.
+        # A job that fits in one request per worker sends each next request's worth as soon
+        # as it is tokenized (the server works while the client counts); a bigger one is
+        # packed as a whole, which keeps it at the lower bound of requests.
+        per_request = self._split_size(len(misses))
         if self.on_long_input == "error":  # every row is checked before anything is paid for
             head, *spill = packed(tokenize(misses))
-            later = misses[:0]
+            segments: list[np.ndarray] = []
         else:
-            head_n = min(len(misses), limits.max_inputs, math.ceil(len(misses) / self.runner.max_workers))
-            head, *spill = packed(tokenize(misses[:head_n]), min_requests=1)
-            later = misses[head_n:]
+            head, *spill = packed(tokenize(misses[:per_request]), min_requests=1)
+            later = misses[per_request:]
+            if self._fits_the_pool(head + [p for r in spill for p in r], per_request, len(misses)):
+                segments = [later[i : i + per_request] for i in range(0, len(later), per_request)]
+            else:
+                spill = [[p for r in spill for p in r] + (tokenize(later) if len(later) else [])]
+                segments = []
+        futures: list[Future[None]] = [pool.submit(send, head)]
+        backlog = [[p for r in spill for p in r]] if spill else []  # pieces, a future request's worth each
+        by_segment = bool(segments)
+
+        def submit_backlog(wait_for_head: bool) -> None:
+            nonlocal backlog
+            if not backlog or (wait_for_head and not futures[0].done()):
+                return
+            if futures[0].done() and futures[0].exception() is not None:
+                raise futures[0].exception()  # type: ignore[misc]
+            for pieces in backlog:
+                reqs = packed(pieces, min_requests=1) if by_segment else packed(pieces)
+                futures.extend(pool.submit(send, req) for req in reqs)
+            backlog = []
+
         probe = not limiter.knows_quota
-        futures: list[Future[None]] = [self.runner.pool.submit(send, head)]
         try:
-            rest = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
+            for segment in segments:
+                backlog.append(tokenize(segment))
+                submit_backlog(wait_for_head=probe)
             if probe:
                 futures[0].result()
-            futures += [self.runner.pool.submit(send, req) for req in packed(rest)]
+            submit_backlog(wait_for_head=False)
         except BaseException:
             wait(futures)  # what is in flight finishes and is cached
             raise
@@ -506,6 +550,27 @@ class Embedder:
         # a text whose chunk failed is a failed text, even if other chunks came back
         for i in list(errors):
             tokens[i] = 0
+
+    def _split_size(self, n: int) -> int:
+        """Texts a request when ``n`` texts are split over the pool (see ``_requests``)."""
+        floor = max(1, self.provider.limits.max_inputs // 4)
+        parts = max(1, min(self.runner.max_workers, n // floor))
+        return max(1, min(self.provider.limits.max_inputs, math.ceil(n / parts)))
+
+    def _fits_the_pool(self, sample: list[Piece], sample_texts: int, n: int) -> bool:
+        """Whether ``n`` texts like the ``sample_texts`` that gave ``sample`` need no more
+        requests than the pool split gives them (then requests can leave one by one as
+        texts are tokenized)."""
+        if not sample:
+            return True
+        limits = self.provider.limits
+        max_tokens = limits.max_request_tokens
+        cap = self.runner.limiter.request_token_cap()
+        if cap is not None:
+            max_tokens = min(max_tokens, cap)
+        est_tokens = sum(p.tokens for p in sample) * n / sample_texts
+        parts = math.ceil(n / self._split_size(n))
+        return math.ceil(est_tokens / max_tokens) <= parts
 
     def _requests(self, items: list[Piece], min_requests: int | None = None) -> list[list[Piece]]:
         """Pack pieces into requests as a run sends them (``estimate`` uses it too).
