@@ -498,20 +498,29 @@ class Embedder:
         # as it is tokenized (the server works while the client counts); a bigger one is
         # packed as a whole, which keeps it at the lower bound of requests.
         per_request = self._split_size(len(misses))
+        probe = not limiter.knows_quota
+        backlog: list[list[Piece]] = []  # tokenized pieces, one future request's worth each
         if self.on_long_input == "error":  # every row is checked before anything is paid for
             head, *spill = packed(tokenize(misses))
-            segments: list[np.ndarray] = []
+            by_segment, segments = False, []
         else:
-            head, *spill = packed(tokenize(misses[:per_request]), min_requests=1)
+            first = tokenize(misses[:per_request])
             later = misses[per_request:]
-            if self._fits_the_pool(head + [p for r in spill for p in r], per_request, len(misses)):
+            parts = math.ceil(len(misses) / per_request)
+            bound = self._estimated_bound(first, min(per_request, len(misses)), len(misses))
+            by_segment = bound <= parts  # one request per worker holds it all
+            if by_segment:
                 segments = [later[i : i + per_request] for i in range(0, len(later), per_request)]
+                if probe and bound < parts:  # a quarter of a request finds the quota out sooner (one request more)
+                    first, rest_of_first = first[: max(1, len(first) // 4)], first[max(1, len(first) // 4) :]
+                    backlog.append(rest_of_first)
+                head, *spill = packed(first, min_requests=1)
             else:
+                head, *spill = packed(first, min_requests=1)
                 spill = [[p for r in spill for p in r] + (tokenize(later) if len(later) else [])]
                 segments = []
         futures: list[Future[None]] = [pool.submit(send, head)]
-        backlog = [[p for r in spill for p in r]] if spill else []  # pieces, a future request's worth each
-        by_segment = bool(segments)
+        backlog = [r for r in spill if r] + [r for r in backlog if r]
 
         def submit_backlog(wait_for_head: bool) -> None:
             nonlocal backlog
@@ -524,7 +533,6 @@ class Embedder:
                 futures.extend(pool.submit(send, req) for req in reqs)
             backlog = []
 
-        probe = not limiter.knows_quota
         try:
             for segment in segments:
                 backlog.append(tokenize(segment))
@@ -557,20 +565,16 @@ class Embedder:
         parts = max(1, min(self.runner.max_workers, n // floor))
         return max(1, min(self.provider.limits.max_inputs, math.ceil(n / parts)))
 
-    def _fits_the_pool(self, sample: list[Piece], sample_texts: int, n: int) -> bool:
-        """Whether ``n`` texts like the ``sample_texts`` that gave ``sample`` need no more
-        requests than the pool split gives them (then requests can leave one by one as
-        texts are tokenized)."""
-        if not sample:
-            return True
+    def _estimated_bound(self, sample: list[Piece], sample_texts: int, n: int) -> int:
+        """The lower bound of requests for ``n`` texts like the ``sample_texts`` that gave
+        ``sample`` (under the request size a tokens/min limit asks for)."""
         limits = self.provider.limits
         max_tokens = limits.max_request_tokens
         cap = self.runner.limiter.request_token_cap()
         if cap is not None:
             max_tokens = min(max_tokens, cap)
-        est_tokens = sum(p.tokens for p in sample) * n / sample_texts
-        parts = math.ceil(n / self._split_size(n))
-        return math.ceil(est_tokens / max_tokens) <= parts
+        est_tokens = sum(p.tokens for p in sample) * n / max(1, sample_texts)
+        return max(math.ceil(n / limits.max_inputs), math.ceil(est_tokens / max_tokens))
 
     def _requests(self, items: list[Piece], min_requests: int | None = None) -> list[list[Piece]]:
         """Pack pieces into requests as a run sends them (``estimate`` uses it too).

@@ -100,6 +100,7 @@ class _QuietHTTPServer(ThreadingHTTPServer):
     what the fault tests do on purpose); any other handler error is still printed."""
 
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops connections a pool opens at once (the client retries SYN after 1 s)
 
     def handle_error(self, request: object, client_address: object) -> None:
         if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
