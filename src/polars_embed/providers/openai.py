@@ -129,7 +129,11 @@ class OpenAIProvider:
         return self._client
 
     def embed(self, texts: list[str]) -> BatchResult:
-        kwargs: dict[str, Any] = {"input": texts, "model": self.model}
+        # The texts go in `extra_body` (which the client merges over the typed parameters):
+        # given as `input=`, the client checks each text against the union type of `input`,
+        # about 12 us a text under the GIL, which slowed a 14,000-text cold run by ~12%
+        # (bench/throughput.py). The request on the wire is the same.
+        kwargs: dict[str, Any] = {"input": [], "model": self.model, "extra_body": {"input": texts}}
         if self._send_dimensions:
             kwargs["dimensions"] = self.dimensions
         kwargs["encoding_format"] = self.limits.encoding_format
