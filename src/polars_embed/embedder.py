@@ -497,30 +497,32 @@ class Embedder:
         # A job that fits in one request per worker sends each next request's worth as soon
         # as it is tokenized (the server works while the client counts); a bigger one is
         # packed as a whole, which keeps it at the lower bound of requests.
-        per_request = self._split_size(len(misses))
+        n = len(misses)
+        per_request = self._split_size(n)
         probe = not limiter.knows_quota
-        backlog: list[list[Piece]] = []  # tokenized pieces, one future request's worth each
+        segments: list[np.ndarray] = []  # texts still to tokenize
+        by_segment = False  # whether each backlog entry is packed on its own
         if self.on_long_input == "error":  # every row is checked before anything is paid for
             head, *spill = packed(tokenize(misses))
-            by_segment, segments = False, []
+            backlog = [[p for r in spill for p in r]]
         else:
             first = tokenize(misses[:per_request])
             later = misses[per_request:]
-            parts = math.ceil(len(misses) / per_request)
-            bound = self._estimated_bound(first, min(per_request, len(misses)), len(misses))
+            parts = math.ceil(n / per_request)
+            bound = self._estimated_bound(first, min(per_request, n), n)
             by_segment = bound <= parts  # one request per worker holds it all
+            rest_of_first: list[Piece] = []
             if by_segment:
                 segments = [later[i : i + per_request] for i in range(0, len(later), per_request)]
                 if probe and bound < parts:  # a quarter of a request finds the quota out sooner (one request more)
-                    first, rest_of_first = first[: max(1, len(first) // 4)], first[max(1, len(first) // 4) :]
-                    backlog.append(rest_of_first)
-                head, *spill = packed(first, min_requests=1)
-            else:
-                head, *spill = packed(first, min_requests=1)
-                spill = [[p for r in spill for p in r] + (tokenize(later) if len(later) else [])]
-                segments = []
+                    cut = max(1, len(first) // 4)
+                    first, rest_of_first = first[:cut], first[cut:]
+            elif len(later):
+                segments = [later]  # tokenized after the head has left, then packed with the spill
+            head, *spill = packed(first, min_requests=1)
+            backlog = [*spill, rest_of_first]
+        backlog = [pieces for pieces in backlog if pieces]  # tokenized, not sent yet
         futures: list[Future[None]] = [pool.submit(send, head)]
-        backlog = [r for r in spill if r] + [r for r in backlog if r]
 
         def submit_backlog(wait_for_head: bool) -> None:
             nonlocal backlog
@@ -528,9 +530,11 @@ class Embedder:
                 return
             if futures[0].done() and futures[0].exception() is not None:
                 raise futures[0].exception()  # type: ignore[misc]
-            for pieces in backlog:
-                reqs = packed(pieces, min_requests=1) if by_segment else packed(pieces)
-                futures.extend(pool.submit(send, req) for req in reqs)
+            if by_segment:  # each entry is a request's worth (or a spill of the head)
+                reqs = [req for pieces in backlog for req in packed(pieces, min_requests=1)]
+            else:  # all together, at the lower bound
+                reqs = packed([p for pieces in backlog for p in pieces])
+            futures.extend(pool.submit(send, req) for req in reqs)
             backlog = []
 
         try:
