@@ -256,3 +256,21 @@ def test_large_frame_requests_stay_at_the_lower_bound(make_embedder, server):
     assert bound >= 20  # more requests than the pool has workers: nothing to split
     assert len(server.ok_records()) <= bound * 1.01
     assert server.requests == len(server.ok_records())
+
+
+def test_small_jobs_use_the_pool_and_each_text_goes_once(make_embedder, server):
+    """20,000 short rows are not 10 serial 2,048-input requests: the first call (quota
+    unknown) sends a small head alone, then one request's worth per worker as texts are
+    tokenized; the second call (quota known) splits the same way without the probe."""
+    emb = make_embedder(dimensions=8, max_workers=16)
+    first = pl.Series("text", [f"small job row {i}" for i in range(20_000)])
+    emb.embed(first)
+    log = server.ok_records()
+    assert 16 <= len(log) <= 18 and max(r.n_inputs for r in log) <= 2048
+    assert log[0].n_inputs < min(r.n_inputs for r in log[1:])  # the probe: a quarter of a request
+    seen = server.texts_seen()
+    assert len(seen) == len(set(seen)) == 20_000
+    server.reset_log()
+    emb.embed(pl.Series("text", [f"second call row {i}" for i in range(20_000)]))
+    log = server.ok_records()
+    assert 16 <= len(log) <= 17 and len(server.texts_seen()) == 20_000
