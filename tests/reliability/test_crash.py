@@ -71,7 +71,7 @@ def test_sigkill_at_random_moments_then_rerun(server, tmp_path, source, report):
     clean = server.billed_tokens
     n_requests = len(server.ok_records())
     max_request = max(r.tokens for r in server.ok_records())
-    assert n_requests >= 10  # enough requests to kill between
+    assert n_requests >= 5  # enough requests to kill between (one per 300-row partition here)
     rng = random.Random(0)
     out = tmp_path / "out.parquet"
     pl.DataFrame({"id": [0], "text": ["old output"]}).write_parquet(out)  # an old output to protect
