@@ -195,7 +195,7 @@ class Embedder:
             model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
         )
         if max_workers is None:  # requests wait on the network; a local model on the cores
-            max_workers = (os.cpu_count() or 1) if self.provider.name == "local" else 16
+            max_workers = 16 if self.provider.waits_on_network else (os.cpu_count() or 1)
         if max_workers < 1:
             msg = f"max_workers must be at least 1, got {max_workers}"
             raise ConfigurationError(msg)
@@ -495,8 +495,9 @@ class Embedder:
         # yet it goes alone: its answer (x-ratelimit-*) paces the rest, so a run starts at
         # the quota instead of storming; what is tokenized meanwhile waits in `backlog`.
         # A job that fits in one request per worker sends each next request's worth as soon
-        # as it is tokenized (the server works while the client counts); a bigger one is
-        # packed as a whole, which keeps it at the lower bound of requests.
+        # as it is tokenized (the server works while the client counts); a bigger one, or
+        # one for a model on this machine's cores, is packed as a whole, which keeps it at
+        # the lower bound of requests.
         n = len(misses)
         per_request = self._split_size(n)
         probe = not limiter.knows_quota
@@ -510,7 +511,8 @@ class Embedder:
             later = misses[per_request:]
             parts = math.ceil(n / per_request)
             bound = self._estimated_bound(first, min(per_request, n), n)
-            by_segment = bound <= parts  # one request per worker holds it all
+            # one request per worker holds it all, and a server does the work meanwhile
+            by_segment = bound <= parts and self.provider.waits_on_network
             rest_of_first: list[Piece] = []
             if by_segment:
                 segments = [later[i : i + per_request] for i in range(0, len(later), per_request)]

@@ -40,6 +40,9 @@ class BatchResult:
 
 class Provider(Protocol):
     name: str  # provider family, part of the cache key ("openai", "local")
+    # True when a request mostly waits (on a server): then many run at once, and requests
+    # leave while the rest is still tokenized. False for a model on this machine's cores.
+    waits_on_network: bool
     model: str
     dimensions: int
     limits: Limits

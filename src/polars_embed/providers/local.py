@@ -70,6 +70,7 @@ class LocalProvider:
     """all-MiniLM-L6-v2 offline; cost 0 unless the user sets a price."""
 
     name = "local"
+    waits_on_network = False  # a worker a core; tokenizing first keeps the cores on inference
 
     def __init__(self, model: str = "local:all-MiniLM-L6-v2", *, dimensions: int | None = None,
                  limits: Limits | None = None, threads: int = 1) -> None:

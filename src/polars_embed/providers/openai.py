@@ -65,6 +65,7 @@ class OpenAIProvider:
     """Embeddings from OpenAI or any server that speaks its ``/v1/embeddings``."""
 
     name = "openai"
+    waits_on_network = True
 
     def __init__(
         self,
