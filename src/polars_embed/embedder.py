@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from .cache import open_cache
 from .errors import BudgetExceededError, ConfigurationError, ProviderError, RowsFailedError
-from .pack import pack
+from .pack import bound_for, pack
 from .plan import as_text, content_keys, key_prefix, make_plan
 from .pricing import price_per_million
 from .providers.base import Limits
@@ -455,7 +455,7 @@ class Embedder:
                     if n_pieces[i] > 1:  # then re-normalise the mean
                         norm = float(np.linalg.norm(vectors[i]))
                         vectors[i] /= norm if norm > 0 else 1.0
-                items = [(keys[i], vectors[i].copy(), int(tokens[i])) for i in done]
+                items = [(keys[i], vectors[i], int(tokens[i])) for i in done]  # rows are final once done
             self.cache.set_many(items, tag=self._tag)
             self._inflight.publish(claim, items)
             if self.on_progress is not None:
@@ -565,42 +565,43 @@ class Embedder:
         for i in list(errors):
             tokens[i] = 0
 
-    def _split_size(self, n: int) -> int:
-        """Texts a request when ``n`` texts are split over the pool (see ``_requests``)."""
+    def _pool_parts(self, n: int, wanted: int) -> int:
+        """Requests to split ``n`` inputs into so the pool is used: up to ``wanted``, but
+        never below a quarter of the input limit a request, so a 5,000-row partition does
+        not become dozens of tiny requests that would eat a requests/min quota."""
         floor = max(1, self.provider.limits.max_inputs // 4)
-        parts = max(1, min(self.runner.max_workers, n // floor))
+        return max(1, min(wanted, n // floor))
+
+    def _request_tokens(self) -> int:
+        """Tokens a request may carry: the provider's limit, or less under a tokens/min
+        limit (``RateLimiter.request_token_cap``)."""
+        cap = self.runner.limiter.request_token_cap()
+        limit = self.provider.limits.max_request_tokens
+        return limit if cap is None else min(limit, cap)
+
+    def _split_size(self, n: int) -> int:
+        """Texts a request when ``n`` texts are split over the pool (as ``_requests`` does)."""
+        parts = self._pool_parts(n, self.runner.max_workers)
         return max(1, min(self.provider.limits.max_inputs, math.ceil(n / parts)))
 
     def _estimated_bound(self, sample: list[Piece], sample_texts: int, n: int) -> int:
         """The lower bound of requests for ``n`` texts like the ``sample_texts`` that gave
-        ``sample`` (under the request size a tokens/min limit asks for)."""
-        limits = self.provider.limits
-        max_tokens = limits.max_request_tokens
-        cap = self.runner.limiter.request_token_cap()
-        if cap is not None:
-            max_tokens = min(max_tokens, cap)
+        ``sample``."""
         est_tokens = sum(p.tokens for p in sample) * n / max(1, sample_texts)
-        return max(math.ceil(n / limits.max_inputs), math.ceil(est_tokens / max_tokens))
+        return bound_for(n, est_tokens, self.provider.limits.max_inputs, self._request_tokens())
 
     def _requests(self, items: list[Piece], min_requests: int | None = None) -> list[list[Piece]]:
         """Pack pieces into requests as a run sends them (``estimate`` uses it too).
 
         Under a tokens/min limit requests are smaller; a small job is split so the pool is
-        used (``min_requests``, default one request per worker), but never below a quarter
-        of the input limit a request, so a 5,000-row partition does not become dozens of
-        tiny requests that would eat a requests/min quota.
+        used (``min_requests``, default one request per worker; see ``_pool_parts``).
         """
         if not items:
             return []
-        limits = self.provider.limits
-        max_tokens = limits.max_request_tokens
-        cap = self.runner.limiter.request_token_cap()
-        if cap is not None:
-            max_tokens = max(max(p.tokens for p in items), min(max_tokens, cap))
+        max_tokens = max(max(p.tokens for p in items), self._request_tokens())
         wanted = self.runner.max_workers if min_requests is None else min_requests
-        floor = max(1, limits.max_inputs // 4)
-        groups = pack([p.tokens for p in items], max_inputs=limits.max_inputs, max_tokens=max_tokens,
-                      min_requests=max(1, min(wanted, len(items) // floor)))
+        groups = pack([p.tokens for p in items], max_inputs=self.provider.limits.max_inputs, max_tokens=max_tokens,
+                      min_requests=self._pool_parts(len(items), wanted))
         return [[items[i] for i in g] for g in groups]
 
     def _reserve(self, estimate: float) -> None:

@@ -11,10 +11,14 @@ if TYPE_CHECKING:
 
 def lower_bound(token_counts: Sequence[int], max_inputs: int, max_tokens: int) -> int:
     """The fewest requests any packing can use: ``max(ceil(n/max_inputs), ceil(T/max_tokens))``."""
-    n = len(token_counts)
+    return bound_for(len(token_counts), sum(token_counts), max_inputs, max_tokens)
+
+
+def bound_for(n: int, total_tokens: float, max_inputs: int, max_tokens: int) -> int:
+    """``lower_bound`` from the totals alone (``total_tokens`` may be an estimate)."""
     if n == 0:
         return 0
-    return max(math.ceil(n / max_inputs), math.ceil(sum(token_counts) / max_tokens))
+    return max(math.ceil(n / max_inputs), math.ceil(total_tokens / max_tokens))
 
 
 def pack(
