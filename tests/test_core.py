@@ -202,13 +202,13 @@ def test_lazy_and_streaming_cold_runs_report_real_costs(make_embedder, server):
 def test_function_runs_once_per_slice(make_embedder, server):
     emb = make_embedder(cache=False)
     calls = []
-    original = emb.embed
+    original = emb.evaluate
 
-    def counting(series, **kw):
+    def counting(series, rows, run, **kw):
         calls.append(len(series))
-        return original(series, **kw)
+        return original(series, rows, run, **kw)
 
-    emb.embed = counting  # type: ignore[method-assign]
+    emb.evaluate = counting  # type: ignore[method-assign]
     df = pl.DataFrame({"text": [f"t{i}" for i in range(1000)]})
     df.with_columns(emb.expr("text"))
     assert sum(calls) == 1000

@@ -19,7 +19,7 @@ def test_stats_frame_has_last_call_and_total(make_embedder):
     df.with_columns(emb.expr("text"))
     df.with_columns(emb.expr("text"))
     st = emb.stats()
-    assert st["scope"].to_list() == ["last call", "total"]
+    assert st["scope"].to_list() == ["last run", "total"]
     last, total = st.row(0, named=True), st.row(1, named=True)
     assert last["misses"] == 0 and last["hit_rows"] == 1500 and last["cost_usd"] == 0
     assert total["rows"] == 3000 and total["misses"] == 400
@@ -115,4 +115,4 @@ def test_embedder_renders_in_a_notebook(make_embedder):
     emb = make_embedder()
     pl.DataFrame({"text": ["a"]}).with_columns(emb.expr("text"))
     page = emb._repr_html_()
-    assert "text-embedding-3-small" in page and "<table" in page and "1 calls" in page
+    assert "text-embedding-3-small" in page and "<table" in page and "1 runs" in page

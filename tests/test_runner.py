@@ -101,9 +101,12 @@ def test_a_bad_row_is_isolated_and_everything_else_is_cached(make_embedder, serv
     texts = [f"good {i}" for i in range(100)] + ["bad POISON row"] + [f"good {i}" for i in range(100, 150)]
     df = pl.DataFrame({"text": texts})
     emb = make_embedder()
-    with pytest.raises(RowsFailedError, match=r"row 100 of column 'text'"):
-        df.with_columns(emb.expr("text"))
-    assert list(emb.last_failures) == [100]
+    with pytest.raises(RowsFailedError, match=r"row 100 of column 'text' could not be embedded"):
+        emb.collect(df, "text")
+    assert emb.last_failures["row"].to_list() == [100]
+    with pytest.raises(RowsFailedError, match=r"the row of column 'text' with text 'bad POISON row'"):
+        df.with_columns(emb.expr("text"))  # a slice of a bare expression does not know its rows
+    assert emb.last_failures.rows() == [(None, "bad POISON row", emb.last_failures["error"][0])]
     out = df.with_columns(make_embedder(on_error="null").expr("text"))
     assert out["embedding_cache_hit"].sum() == 150  # all good rows were stored by the first run
     assert out["embedding"].null_count() == 1 and out["embedding"][100] is None

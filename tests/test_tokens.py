@@ -29,11 +29,15 @@ def test_truncate_is_the_default_and_fits_the_limit(make_embedder, server):
 
 
 def test_error_policy_names_the_row(make_embedder, server):
+    """With frame row numbers (``Embedder.collect``) the row; from a bare expression, whose
+    slices cannot know where they start, the text."""
     emb = make_embedder(on_long_input="error")
     df = pl.DataFrame({"body": ["fine", "fine too", LONG]})
-    with pytest.raises(LongInputError, match=r"row 2 of column 'body' has 1000\d tokens"):
+    with pytest.raises(LongInputError, match=r"the row of column 'body' with text 'word word .*…' has 1000\d tokens"):
         df.with_columns(emb.expr("body"))
-    assert server.requests == 0
+    assert server.requests == 0  # one eager slice: every row is checked before anything is paid for
+    with pytest.raises(LongInputError, match=r"row 2 of column 'body' has 1000\d tokens"):
+        emb.collect(df, "body")
 
 
 def test_chunk_policy_is_the_weighted_mean_renormalised(tmp_path):

@@ -5,8 +5,10 @@ came from elsewhere cannot execute code. Layout of a value (little-endian)::
 
     b"PEv1" | uint32 token count | uint32 dim | dim x float32
 
-The interface is four methods (``get_many``, ``set_many``, ``stats``, ``close``) so another
-backend (Redis for many machines) plugs in without touching the pipeline.
+The interface is four methods (``get_many``, ``set_many``, ``stats``, ``close``) and an
+optional fifth (``ledger_path``: where the run ledger of this cache lives; ``None`` or
+absent for the default directory), so another backend (Redis for many machines) plugs in
+without touching the pipeline.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -201,6 +204,10 @@ class DiskCache:
         db = self._db
         return {"backend": "diskcache", "path": str(self.directory), "entries": len(db), "bytes": db.volume()}
 
+    def ledger_path(self) -> Path:
+        """The run ledger lives beside the cache it records."""
+        return self.directory / "ledger.sqlite"
+
     def inspect(self) -> pl.DataFrame:
         """Entries, bytes and oldest/newest entry per provider:model:dimensions."""
         import polars as pl
@@ -254,25 +261,41 @@ class DiskCache:
 
 
 class MemoryCache:
-    """A dict-backed cache for one process (tests, throwaway notebooks)."""
+    """A dict-backed cache for one process (tests, throwaway notebooks); with ``max_bytes``,
+    the least recently used entries are dropped beyond that size."""
 
-    def __init__(self) -> None:
-        self._data: dict[bytes, bytes] = {}
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
         with self._lock:
             raws = [self._data.get(k) for k in keys]
+            if self.max_bytes is not None:
+                for k, r in zip(keys, raws):
+                    if r is not None:
+                        self._data.move_to_end(k)
         return [None if r is None else decode_value(r, "in memory") for r in raws]
 
     def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
         with self._lock:
             for key, vector, tokens in items:
-                self._data[key] = encode_value(vector, tokens)
+                value = encode_value(vector, tokens)
+                old = self._data.pop(key, None)
+                self._bytes += len(value) - (len(old) if old is not None else 0)
+                self._data[key] = value
+            while self.max_bytes is not None and self._bytes > self.max_bytes and self._data:
+                self._bytes -= len(self._data.popitem(last=False)[1])
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"backend": "memory", "entries": len(self._data), "bytes": sum(map(len, self._data.values()))}
+            return {"backend": "memory", "entries": len(self._data), "bytes": self._bytes}
+
+    def ledger_path(self) -> Path | None:
+        """No place of its own: the ledger goes to the default directory."""
+        return None
 
     def close(self) -> None:
         pass
@@ -289,6 +312,9 @@ class NoCache:
 
     def stats(self) -> dict[str, Any]:
         return {"backend": "none", "entries": 0, "bytes": 0}
+
+    def ledger_path(self) -> Path | None:
+        return None
 
     def close(self) -> None:
         pass

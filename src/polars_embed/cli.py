@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -178,32 +179,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     lf = job.scan(args.input)
     job.require_column(lf, args.column)
     rows = lf.select(pl.len()).collect().item()
-    bar = _progress(rows, disable=args.quiet or not sys.stderr.isatty())
-    done = {"rows": 0, "hits": 0, "cost": 0.0}
-
-    def on_partition(part: Any, stats: Any) -> None:
-        done["rows"] += part.height
-        done["hits"] += stats.hit_rows
-        done["cost"] += stats.cost_usd
-        log.debug("partition done", extra={"fields": {"rows": part.height, **stats.as_dict()}})
-        if bar is not None:
-            bar.update(part.height)
-            bar.set_postfix(hit_rate=f"{done['hits'] / max(1, done['rows']):.0%}", cost=f"${done['cost']:.4f}")
-
+    bar = Progress(rows, disable=args.quiet or not sys.stderr.isatty())
     log.info(f"embedding {args.input}[{args.column}] with {emb.model} into {args.output}",
              extra={"fields": {"event": "start", "rows": rows, "model": emb.model}})
     try:
         result = job.run(emb, args.input, args.output, column=args.column, name=args.name,
-                         partition_rows=args.partition_rows, on_partition=on_partition)
+                         partition_rows=args.partition_rows, on_progress=bar.update)
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        log.warning(f"interrupted after {done['rows']:,} rows; finished requests are cached, "
+        bar.close()
+        log.warning(f"interrupted after {bar.done.rows:,} rows; finished requests are cached, "
                     f"rerun the same command to resume (cached rows cost nothing)")
         return EXIT_INTERRUPTED
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         emb.close()
     s = result.stats
     hits = s.hit_rows
@@ -229,12 +217,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _progress(total: int, *, disable: bool) -> Any:
-    if disable:
-        return None
-    from tqdm.auto import tqdm
+class Progress:
+    """The progress bar of ``run``: advances as each request ends, with rows/s, ETA, hit
+    rate and cost so far (tqdm, on stderr when it is a terminal)."""
 
-    return tqdm(total=total, unit="rows", file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, total: int, *, disable: bool) -> None:
+        from .stats import RunStats
+
+        self.done = RunStats()
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        if not disable:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, delta: Any) -> None:
+        with self._lock:
+            self.done.add(delta)
+            if self._bar is not None:
+                self._bar.update(delta.rows)
+                hit_rate = self.done.hit_rows / max(1, self.done.rows)
+                self._bar.set_postfix_str(f"hits {hit_rate:.0%}, ${self.done.cost_usd:.4f}", refresh=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

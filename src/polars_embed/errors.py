@@ -6,6 +6,11 @@ CLI can print it as a single line.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 class PolarsEmbedError(Exception):
     """Base class of every error polars-embed raises on purpose."""
@@ -38,9 +43,10 @@ class ProviderError(PolarsEmbedError):
 class RowsFailedError(ProviderError):
     """Some rows could not be embedded; every other row was embedded and cached."""
 
-    def __init__(self, message: str, *, failures: dict[int, str] | None = None) -> None:
+    def __init__(self, message: str, *, failures: pl.DataFrame | None = None) -> None:
         super().__init__(message)
-        self.failures = failures or {}
+        #: ``row`` (null where the slice cannot know it), ``text``, ``error``.
+        self.failures = failures
 
 
 class BudgetExceededError(PolarsEmbedError):

@@ -7,8 +7,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
+from .fetch import schedule
 from .plan import as_text, content_keys, key_prefix, make_plan
 from .tokens import prepare_inputs
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from .embedder import Embedder
+    from .plan import Plan
+    from .tokens import Piece
 
 
 @dataclass
@@ -37,12 +41,15 @@ class Estimate:
 
 
 def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str = "text") -> Estimate:
-    """Estimate over slices of one column; texts repeated across slices count once."""
+    """Estimate over slices of one column (as ``polars-embed run`` embeds them); texts
+    repeated across slices count once. Requests are counted by the schedule a run uses
+    (``fetch.schedule``), the quota probe of a first call included."""
     est = Estimate()
     seen: set[bytes] = set()
     prefix = key_prefix(embedder.provider.name, embedder.model, embedder.dimensions)
-    limits = embedder.provider.limits
-    tokenizer = embedder.provider.tokenizer()
+    stage = embedder.stage
+    network = stage.provider.waits_on_network
+    probe = network and not stage.runner.limiter.knows_quota
     for series in parts:
         plan = make_plan(as_text(series, column))
         est.rows += plan.n_rows
@@ -51,18 +58,25 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
         seen.update(keys[i] for i in new)
         est.distinct += len(new)
         hits = embedder.cache.get_many([keys[i] for i in new])
-        misses = [i for i, h in zip(new, hits) if h is None]
+        misses = np.asarray([i for i, h in zip(new, hits) if h is None], dtype=np.int64)
         est.cached += len(new) - len(misses)
         est.to_embed += len(misses)
-        pieces = prepare_inputs(
-            [plan.texts[i] for i in misses], tokenizer,
-            max_input_tokens=limits.max_input_tokens, policy=embedder.on_long_input,
-            row_of=[int(plan.first_row[i]) for i in misses], column=column,
-        )
-        est.tokens_to_pay += sum(p.tokens for p in pieces)
-        est.requests += len(embedder._requests(pieces))
+        if not len(misses):
+            continue
+
+        def tokenize(idx: np.ndarray, plan: Plan = plan) -> list[Piece]:
+            pieces = prepare_inputs([plan.texts[i] for i in idx], stage.provider.tokenizer(),
+                                    max_input_tokens=stage.provider.limits.max_input_tokens, policy=stage.policy,
+                                    owners=idx.tolist(), describe=lambda i: f"row {int(plan.first_row[i])} of column {column!r}")
+            est.tokens_to_pay += sum(p.tokens for p in pieces)
+            return pieces
+
+        for requests in schedule(misses, tokenize, stage.sizing, stream=network, probe=probe,
+                                 check_first=stage.policy == "error"):
+            est.requests += len(requests)
+        probe = False
     est.cost_usd = est.tokens_to_pay * embedder.price / 1e6
-    rpm, tpm = embedder.runner.limiter.rpm, embedder.runner.limiter.tpm
+    rpm, tpm = stage.runner.limiter.rpm, stage.runner.limiter.tpm
     if rpm or tpm:
         minutes = max(est.requests / rpm if rpm else 0.0, est.tokens_to_pay / tpm if tpm else 0.0)
         est.seconds = math.ceil(minutes * 60.0 * 10) / 10

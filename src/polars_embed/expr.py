@@ -1,13 +1,29 @@
-"""The Polars surface: ``embed_column`` and nothing else."""
+"""The Polars surface: ``embed_column``, the expression behind it, and the helpers that
+collect or sink a frame as one run with frame row numbers.
+
+One expression is one run: every slice Polars evaluates it on (the streaming engine's
+morsels, the in-memory engine's chunks, repeated evaluations) adds to the same figures,
+failures and ledger record. Build the expression in the call (``df.with_columns(
+embed_column("text"))``) and each call is its own run; inside ``with embedder.run():``
+every expression of that embedder belongs to the block's run instead.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
+
 from .embedder import Embedder
+from .io import atomic_file
 
 if TYPE_CHECKING:
-    import polars as pl
+    import os
+
+    from .run import Run
+
+_ROW = "__polars_embed_row__"
 
 
 def embed_column(
@@ -39,7 +55,7 @@ def embed_column(
     -------
     pl.Expr
         A multi-column expression (a struct, unnested). The output schema is known without
-        a request, so ``collect_schema()`` is free.
+        a request, so ``collect_schema()`` is free. One expression is one run.
 
     Examples
     --------
@@ -63,3 +79,69 @@ def embed_column(
         msg = f"pass options to Embedder(...) or to embed_column, not both: {sorted(options)}"
         raise TypeError(msg)
     return embedder.expr(column, name=name)
+
+
+class _ExpressionRun:
+    """The run of one expression, started by the first slice Polars evaluates."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.run: Run | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Run:
+        scope = self.embedder.current_run()
+        if scope is not None:
+            return scope
+        with self._lock:
+            if self.run is None:
+                self.run = self.embedder.start_run()
+            return self.run
+
+
+def embedder_expr(emb: Embedder, column: str | pl.Expr, *, name: str = "embedding",
+                  row_index: str | None = None) -> pl.Expr:
+    """``embed_column``'s expression for ``emb``. With ``row_index`` (a column of frame row
+    numbers) failures name their rows; without it, a slice cannot know where it starts,
+    so they name their text."""
+    col = pl.col(column) if isinstance(column, str) else column
+    label = column if isinstance(column, str) else _expr_name(column)
+    dtype = pl.Struct(emb.output_fields(name))
+    owner = _ExpressionRun(emb)
+
+    def evaluate(s: pl.Series) -> pl.Series:
+        texts, rows = (s, None) if row_index is None else (s.struct.field("text"), s.struct.field("row"))
+        return emb.evaluate(texts, rows, owner.get(), name=name, column=label).to_struct(name)
+
+    source = col if row_index is None else pl.struct(col.alias("text"), pl.col(row_index).alias("row"))
+    # return_dtype: Polars never calls us on dummy data (that would be a paid request).
+    # is_elementwise: slices may be embedded independently, in parallel, in streaming.
+    return source.map_batches(evaluate, return_dtype=dtype, is_elementwise=True).struct.unnest()
+
+
+def _with_rows(emb: Embedder, frame: pl.DataFrame | pl.LazyFrame, column: str, name: str) -> pl.LazyFrame:
+    lf = frame.lazy()
+    return lf.with_row_index(_ROW).with_columns(embedder_expr(emb, column, name=name, row_index=_ROW)).drop(_ROW)
+
+
+def collect(emb: Embedder, frame: pl.DataFrame | pl.LazyFrame, column: str, *, name: str = "embedding",
+            engine: Any = "auto") -> pl.DataFrame:
+    """``frame`` with the output columns of ``column`` added, collected as one run whose
+    failures name their row in ``frame``."""
+    with emb.run():
+        return _with_rows(emb, frame, column, name).collect(engine=engine)
+
+
+def sink_parquet(emb: Embedder, frame: pl.DataFrame | pl.LazyFrame, column: str, path: str | os.PathLike[str], *,
+                 name: str = "embedding") -> None:
+    """Stream ``frame`` with the output columns into the Parquet file ``path`` as one run:
+    bounded memory, provenance metadata, and the file replaced only when complete."""
+    with emb.run(), atomic_file(path) as tmp:
+        _with_rows(emb, frame, column, name).sink_parquet(tmp, metadata=emb.metadata(), engine="streaming")
+
+
+def _expr_name(expr: pl.Expr) -> str:
+    try:
+        return expr.meta.output_name()
+    except Exception:  # noqa: BLE001 - an expression without a single root column
+        return str(expr)

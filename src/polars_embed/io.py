@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,32 +12,50 @@ from typing import TYPE_CHECKING
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import polars as pl
 
 
-def write_parquet(df: pl.DataFrame, path: str | os.PathLike[str], metadata: dict[str, str]) -> Path:
-    """Write ``df`` to ``path`` with key-value ``metadata``; readers never see a half file.
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed over it when the block ends without error.
 
-    The file is written next to its destination, flushed to disk and renamed over it, so
-    a crash leaves either the old file or the new one.
+    Readers never see a half-written file: a crash leaves either the old file or the new
+    one (and at most a ``.NAME.*.tmp`` file, which ``polars-embed run`` cleans up).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files ``atomic_file`` left for ``path`` when a process was killed; only
+    this output's (``out.parquet.v2``'s are not ``out.parquet``'s)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    if not path.parent.is_dir():
+        return []
+    return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+
+
+def write_parquet(df: pl.DataFrame, path: str | os.PathLike[str], metadata: dict[str, str]) -> Path:
+    """Write ``df`` to ``path`` with key-value ``metadata``; readers never see a half file."""
     table = df.to_arrow()
     meta = dict(table.schema.metadata or {})
     meta.update({k.encode(): v.encode() for k, v in metadata.items()})
-    table = table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+    return Path(path)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """The scheduled-pipeline job behind ``polars-embed run``: read in partitions, embed, write.
 
 Memory is set by ``partition_rows``, not by the file: partitions stream from the input
-(``collect_batches``) into a Parquet writer. The output appears only when complete (a
-temporary file renamed over it), a lock keeps two runs off the same output, and every
-finished request is in the cache, so a rerun after a crash pays only for the rest.
+(``collect_batches``) into a Parquet writer, and at most ``AHEAD`` more are embedded while
+one is written, so the pool stays full across partition boundaries. The whole job is one
+run (one ledger record). The output appears only when complete (a temporary file renamed
+over it), a lock keeps two runs off the same output, and every finished request is in the
+cache, so a rerun after a crash pays only for the rest.
 """
 
 from __future__ import annotations
@@ -11,24 +13,30 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
-import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError, PolarsEmbedError
+from .io import atomic_file, stale_temp_files
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from .embedder import Embedder
     from .estimate import Estimate
+    from .run import Run
     from .stats import RunStats
+
+#: Partitions embedded ahead of the one being written.
+AHEAD = 2
 
 
 class LockedError(PolarsEmbedError):
@@ -76,7 +84,7 @@ def output_lock(output: Path) -> Iterator[None]:
         except OSError:
             msg = f"another polars-embed run is writing {output} (lock {lock_path}); not starting a second one"
             raise LockedError(msg) from None
-        for stale in output.parent.glob(f".{output.name}.*.tmp"):  # left by a killed run
+        for stale in stale_temp_files(output):  # left by a killed run
             stale.unlink(missing_ok=True)
         yield
     finally:
@@ -98,70 +106,78 @@ def run(
     column: str = "text",
     name: str = "embedding",
     partition_rows: int = 5_000,
-    on_partition: Callable[[pl.DataFrame, RunStats], None] | None = None,
+    on_progress: Callable[[RunStats], None] | None = None,
 ) -> RunResult:
     """Embed ``source[column]`` into ``output`` (Parquet, with provenance metadata).
 
     Failed rows (a 400 for that input) are written with a null vector and a reason in
     ``<name>_error``; the run goes on. Anything else that stops the run (budget, provider,
     Ctrl-C) leaves the previous output untouched and the finished work cached.
+    ``on_progress`` sees the figures of each finished request as it ends.
     """
     if embedder.on_error != "null":
         msg = "run() needs an Embedder with on_error='null' so one bad row does not stop the job"
         raise PolarsEmbedError(msg)
     output = Path(output)
     lf = scan(source)
-    before = embedder.total_stats.copy()
-    started_at = time.time()
+    require_column(lf, column)
     failed: dict[int, str] = {}
-    hashes: list[pl.Series] = []  # 8 bytes a row, to count distinct texts over the whole run
-    started = time.perf_counter()
-    with output_lock(output):
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-        tmp = Path(tmp_name)
+    with output_lock(output), embedder.run(source=f"polars-embed run {source}") as r, atomic_file(output) as tmp:
+        r.on_progress = on_progress
         writer: pq.ParquetWriter | None = None
         try:
-            with os.fdopen(fd, "wb") as fh:
-                offset = 0
-                for part in partitions(lf, column, partition_rows):
-                    emb = embedder.embed(part[column], name=name, column=column, record=False)
+            with contextlib.closing(embedded(embedder, r, partitions(lf, column, partition_rows), column, name)) as out:
+                for offset, part, emb in out:
                     table = part.hstack(emb).to_arrow()
                     if writer is None:
-                        meta = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in embedder.metadata().items()}}
-                        writer = pq.ParquetWriter(fh, table.schema.with_metadata(meta))
+                        writer = pq.ParquetWriter(tmp, _with_metadata(table.schema, embedder))
                     writer.write_table(table)
                     errors = emb[f"{name}_error"]
                     for i in errors.is_not_null().arg_true().to_list():
                         failed[offset + i] = errors[i]
-                    offset += part.height
-                    text = part[column].cast(pl.String)
-                    hashes.append(text.filter(text.str.strip_chars().str.len_bytes() > 0).hash())
-                    if on_partition is not None:
-                        on_partition(part, embedder.last_stats)
-                if writer is None:  # empty input: still a valid file with the right schema
-                    writer = pq.ParquetWriter(fh, _empty_schema(lf, embedder, name))
-                writer.close()
-                writer = None
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, output)
+            if writer is None:  # empty input: still a valid file with the right schema
+                writer = pq.ParquetWriter(tmp, _empty_schema(lf, embedder, name))
         finally:
             if writer is not None:
-                with contextlib.suppress(Exception):
-                    writer.close()
-            tmp.unlink(missing_ok=True)
-            total = embedder.total_stats.since(before)  # every call of this run, a stopped one too
-            total.wall_seconds = time.perf_counter() - started
-            total.distinct = pl.concat(hashes).n_unique() if hashes else 0
-            embedder.record(total, started_at, source=f"polars-embed run {source}")  # also a stopped run
-    return RunResult(output, total, failed)
+                writer.close()
+    return RunResult(output, r.stats, failed)
+
+
+def embedded(embedder: Embedder, run: Run, parts: Iterable[pl.DataFrame], column: str,
+             name: str) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame]]:
+    """``(offset, partition, its output columns)`` in input order; up to ``AHEAD`` more
+    partitions are embedded (on threads, sharing the embedder's pool) while one is consumed."""
+    queue: deque[tuple[int, pl.DataFrame, Future[pl.DataFrame]]] = deque()
+    with ThreadPoolExecutor(AHEAD + 1, thread_name_prefix="polars-embed-partition") as pool:
+        try:
+            offset = 0
+            for part in parts:
+                rows = np.arange(offset, offset + part.height)
+                queue.append((offset, part, pool.submit(embedder.embed, part[column], name=name, column=column,
+                                                        rows=rows, run=run)))
+                offset += part.height
+                while len(queue) > AHEAD or (queue and queue[0][2].done()):
+                    start, done, future = queue.popleft()
+                    yield start, done, future.result()
+            while queue:
+                start, done, future = queue.popleft()
+                yield start, done, future.result()
+        except BaseException:
+            run.stop()  # partitions still running send nothing more; their requests in flight end
+            for *_, future in queue:
+                future.cancel()
+            raise
+
+
+def _with_metadata(schema: pa.Schema, embedder: Embedder) -> pa.Schema:
+    return schema.with_metadata({**(schema.metadata or {}),
+                                 **{k.encode(): v.encode() for k, v in embedder.metadata().items()}})
 
 
 def _empty_schema(lf: pl.LazyFrame, embedder: Embedder, name: str) -> pa.Schema:
     schema = dict(lf.collect_schema())
     schema.update(embedder.output_fields(name))
-    table = pl.DataFrame(schema=schema).to_arrow()
-    return table.schema.with_metadata({k.encode(): v.encode() for k, v in embedder.metadata().items()})
+    return _with_metadata(pl.DataFrame(schema=schema).to_arrow().schema, embedder)
 
 
 def dry_run(embedder: Embedder, source: str | os.PathLike[str], *, column: str = "text",

@@ -1,4 +1,5 @@
-"""The run ledger: one record per embedding call and per ``polars-embed run``.
+"""The run ledger: one record per run (an ``embed()`` call, an expression, a ``run()``
+block, a ``polars-embed run``).
 
 Stored in SQLite (``ledger.sqlite`` beside the cache) rather than Parquet files: appends
 from several processes at once are safe (one short transaction each, WAL journal, busy
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 _FIELDS = [f for f in RunStats.__dataclass_fields__]
-_COLUMNS = ["run_id", "started_at", "ended_at", "source", "provider", "model", "dimensions", *_FIELDS]
+_COLUMNS = ["run_id", "started_at", "ended_at", "source", "provider", "model", "dimensions", *_FIELDS, "status"]
 _REAL = ("cost_usd", "cost_saved_usd", "wall_seconds")
 _TYPES = {"dimensions": "INTEGER"} | {f: "REAL" if f in _REAL else "INTEGER" for f in _FIELDS}
 _SCHEMA = "CREATE TABLE IF NOT EXISTS runs ({})".format(
@@ -73,6 +74,10 @@ class Ledger:
                 try:
                     con.execute("PRAGMA journal_mode=WAL")
                     con.execute(_SCHEMA)
+                    have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+                    for column in _COLUMNS:
+                        if column not in have:  # a ledger written by an older version
+                            con.execute(f'ALTER TABLE runs ADD COLUMN "{column}" {_TYPES.get(column, "TEXT")}')
                     break
                 except sqlite3.OperationalError:
                     if attempt == 99:
@@ -81,15 +86,18 @@ class Ledger:
             self._ready = True
 
     def append(self, stats: RunStats, *, started: float, ended: float, source: str,
-               meta: Mapping[str, str]) -> str:
-        run_id = uuid.uuid4().hex
+               meta: Mapping[str, str], run_id: str | None = None, status: str = "ok") -> str:
+        """Write the record of run ``run_id`` (a new id if None), replacing an earlier
+        version of it: a run's record is updated as its slices finish."""
+        run_id = run_id or uuid.uuid4().hex
         row = [run_id, _iso(started), _iso(ended), source, meta["provider"], meta["model"], int(meta["dimensions"]),
-               *(getattr(stats, f) for f in _FIELDS)]
+               *(getattr(stats, f) for f in _FIELDS), status]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._connect()
         try:
             with con:
-                con.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(row))})", row)
+                columns = ", ".join(f'"{c}"' for c in _COLUMNS)
+                con.execute(f"INSERT OR REPLACE INTO runs ({columns}) VALUES ({','.join('?' * len(row))})", row)
         finally:
             con.close()
         return run_id
@@ -106,7 +114,7 @@ class Ledger:
             finally:
                 con.close()
         schema = {c: pl.String for c in _COLUMNS[:6]} | {"dimensions": pl.Int64}
-        schema |= {f: pl.Float64 if f in _REAL else pl.Int64 for f in _FIELDS}
+        schema |= {f: pl.Float64 if f in _REAL else pl.Int64 for f in _FIELDS} | {"status": pl.String}
         df = pl.DataFrame(rows, schema=schema, orient="row")
         return df.with_columns(
             pl.col("started_at", "ended_at").str.to_datetime(time_zone="UTC"),

@@ -1,4 +1,9 @@
-"""Pack inputs into requests that respect every provider limit at once."""
+"""Request sizing, in one place: how many inputs and tokens each request carries.
+
+``pack`` groups inputs under every limit at once; ``Sizing`` decides the limits a request
+gets (the provider's, smaller under a tokens/min quota, split so the pool is used) and is
+what both a run (``fetch.py``) and ``estimate()`` pack with.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from .limiter import Limiter
+    from .providers.base import Limits
+    from .tokens import Piece
 
 
 def lower_bound(token_counts: Sequence[int], max_inputs: int, max_tokens: int) -> int:
@@ -72,3 +81,52 @@ def pack(
         batch.sort()
         requests.append(batch)
     return requests
+
+
+class Sizing:
+    """The size of each request of one embedder: its provider's limits, its pool, its quota.
+
+    * Under a tokens/min limit a request carries about a quarter second of quota (but
+      enough that requests/min never binds first): no burst empties the bucket, and the
+      last request ends close to the quota's ideal time.
+    * A job smaller than one full request per worker is split over the pool, but never
+      below a quarter of the input limit a request, so a 5,000-row partition does not
+      become dozens of tiny requests that would eat a requests/min quota.
+    """
+
+    def __init__(self, limits: Limits, workers: int, limiter: Limiter) -> None:
+        self.limits = limits
+        self.workers = workers
+        self.limiter = limiter
+
+    def request_tokens(self) -> int:
+        """Tokens one request may carry."""
+        tpm, rpm = self.limiter.tpm, self.limiter.rpm
+        if not tpm:
+            return self.limits.max_request_tokens
+        cap = tpm / 240.0
+        if rpm:
+            cap = max(cap, 2.0 * tpm / rpm)
+        return max(1, min(self.limits.max_request_tokens, int(cap)))
+
+    def parts(self, n: int, wanted: int | None = None) -> int:
+        """Requests to split ``n`` inputs into: up to ``wanted`` (default: one per worker)."""
+        floor = max(1, self.limits.max_inputs // 4)
+        return max(1, min(self.workers if wanted is None else wanted, n // floor))
+
+    def split_size(self, n: int) -> int:
+        """Inputs a request when ``n`` inputs are split over the pool."""
+        return max(1, min(self.limits.max_inputs, math.ceil(n / self.parts(n))))
+
+    def bound(self, n: int, tokens: float) -> int:
+        """The lower bound of requests for ``n`` inputs of ``tokens`` in all (an estimate is fine)."""
+        return bound_for(n, tokens, self.limits.max_inputs, self.request_tokens())
+
+    def requests(self, pieces: list[Piece], min_requests: int | None = None) -> list[list[Piece]]:
+        """Pack ``pieces`` into requests (split over the pool unless ``min_requests`` says less)."""
+        if not pieces:
+            return []
+        max_tokens = max(max(p.tokens for p in pieces), self.request_tokens())
+        groups = pack([p.tokens for p in pieces], max_inputs=self.limits.max_inputs, max_tokens=max_tokens,
+                      min_requests=self.parts(len(pieces), min_requests))
+        return [[pieces[i] for i in g] for g in groups]

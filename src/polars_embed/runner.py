@@ -1,4 +1,4 @@
-"""Send requests: one thread pool, a proactive rate limiter, and tenacity retries.
+"""Send requests: one thread pool, the rate limiter (``limiter.py``), and tenacity retries.
 
 Retried: 429 (waiting what ``retry-after-ms`` / ``retry-after`` says), 5xx, timeouts,
 dropped connections and malformed 200 answers, with exponential backoff and jitter, for a
@@ -23,10 +23,13 @@ from tenacity import (
 )
 
 from .errors import PolarsEmbedError, ProviderError
+from .limiter import AdaptiveConcurrency, RateLimiter
 from .providers.openai import MalformedResponse
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from .limiter import Limiter
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -74,160 +77,6 @@ class wait_retry_after:
         return float(self.fallback(state))
 
 
-class RateLimiter:
-    """Token buckets for requests/min and tokens/min, shared by every thread of a runner.
-
-    Limits come from configuration or, when not configured, are learned from the
-    server's ``x-ratelimit-limit-*`` headers; ``x-ratelimit-remaining-*`` pulls a bucket
-    down to what the server says is left (other clients may share the quota).
-    ``pause(seconds)`` holds every thread (a 429's ``retry-after`` applies to the pool,
-    not to one thread). A request larger than the whole bucket is let through when the
-    bucket is full, so it cannot wait forever.
-    """
-
-    def __init__(
-        self,
-        rpm: float | None = None,
-        tpm: float | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rpm, self.tpm = rpm, tpm
-        self._configured = {name for name, v in (("rpm", rpm), ("tpm", tpm)) if v}
-        self.observed = False  # has any response been seen (and its headers read)?
-        self._clock, self._sleep = clock, sleep
-        self._lock = threading.Lock()
-        now = clock()
-        self._req, self._tok = float(rpm or 0), float(tpm or 0)
-        self._last = now
-        self._paused_until = now
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def _refill(self, now: float) -> None:
-        elapsed = max(0.0, now - self._last)
-        self._last = now
-        if self.rpm:
-            self._req = min(self.rpm, self._req + elapsed * self.rpm / 60.0)
-        if self.tpm:
-            self._tok = min(self.tpm, self._tok + elapsed * self.tpm / 60.0)
-
-    def observe(self, headers: dict[str, str]) -> None:
-        """Learn limits and the remaining quota from a response's rate-limit headers."""
-        self.observed = True
-        if not headers:
-            return
-        with self._lock:
-            self._refill(self._clock())
-            for kind in ("requests", "tokens"):
-                limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
-                remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
-                attr, level = ("rpm", "_req") if kind == "requests" else ("tpm", "_tok")
-                if limit and attr not in self._configured:
-                    if getattr(self, attr) is None:  # first sight: start from what is left
-                        setattr(self, level, float(remaining if remaining is not None else limit))
-                    setattr(self, attr, limit)
-                if remaining is not None and getattr(self, attr):
-                    setattr(self, level, min(getattr(self, level), remaining))
-
-    @property
-    def knows_quota(self) -> bool:
-        """Limits configured, or a response seen (which carries them, if the server has any)."""
-        return self.observed or bool(self._configured)
-
-    def request_token_cap(self) -> int | None:
-        """Under a tokens/min limit, requests of about a quarter second of quota (but big
-        enough that requests/min never binds first) keep the flow smooth: no burst that
-        empties the bucket, and the last request ends close to the quota's ideal time."""
-        if not self.tpm:
-            return None
-        cap = self.tpm / 240.0
-        if self.rpm:
-            cap = max(cap, 2.0 * self.tpm / self.rpm)
-        return int(cap)
-
-    def pause(self, seconds: float) -> None:
-        with self._lock:
-            self._paused_until = max(self._paused_until, self._clock() + seconds)
-
-    def acquire(self, tokens: int) -> float:
-        """Block until one request of ``tokens`` may go; returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = self._clock()
-                self._refill(now)
-                wait = self._paused_until - now
-                if wait <= 0:
-                    need_req = 1.0 if self.rpm else 0.0
-                    need_tok = min(float(tokens), float(self.tpm)) if self.tpm else 0.0
-                    short_req = need_req - self._req if self.rpm else 0.0
-                    short_tok = need_tok - self._tok if self.tpm else 0.0
-                    if short_req <= 0 and short_tok <= 0:
-                        if self.rpm:
-                            self._req -= 1
-                        if self.tpm:
-                            self._tok -= tokens
-                        return waited
-                    wait = max(
-                        short_req * 60.0 / self.rpm if self.rpm else 0.0,
-                        short_tok * 60.0 / self.tpm if self.tpm else 0.0,
-                    )
-            wait = max(wait, 0.001)
-            self._sleep(wait)
-            waited += wait
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-class AdaptiveConcurrency:
-    """How many requests may be in flight: halved on a 429, grown by one per success.
-
-    Starts at the pool size; never below 1. Together with the limiter this keeps a run
-    at the quota without a storm of 429s.
-    """
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.limit = maximum
-        self._in_flight = 0
-        self._cond = threading.Condition()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"maximum": self.maximum}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["maximum"])  # type: ignore[misc]
-
-    def acquire(self) -> None:
-        with self._cond:
-            while self._in_flight >= self.limit:
-                self._cond.wait()
-            self._in_flight += 1
-
-    def release(self, *, throttled: bool) -> None:
-        with self._cond:
-            self._in_flight -= 1
-            if throttled:
-                self.limit = max(1, self.limit // 2)
-            elif self.limit < self.maximum:
-                self.limit += 1
-            self._cond.notify_all()
-
-
 class Runner:
     """Runs provider calls on a shared pool with rate limiting and retries.
 
@@ -242,13 +91,14 @@ class Runner:
         max_retry_seconds: float = 300.0,
         rpm: float | None = None,
         tpm: float | None = None,
+        limiter: Limiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.max_workers = max_workers
         self.max_attempts = max_attempts
         self.max_retry_seconds = max_retry_seconds
         self.sleep = sleep
-        self.limiter = RateLimiter(rpm, tpm)  # real time: `sleep` is for retry waits
+        self.limiter: Limiter = limiter or RateLimiter(rpm, tpm)  # real time: `sleep` is for retry waits
         self.concurrency = AdaptiveConcurrency(max_workers)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()

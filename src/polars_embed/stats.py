@@ -1,4 +1,4 @@
-"""Run statistics: thread-safe counters per call and cumulative per ``Embedder``."""
+"""Run statistics: counters of a call, of a run (the sum of its calls) and of an ``Embedder``."""
 
 from __future__ import annotations
 
@@ -50,28 +50,32 @@ class RunStats:
 
 
 class StatsBook:
-    """The last call and the running total, guarded by one lock."""
+    """An embedder's running total and its last run, guarded by one lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.total = RunStats()
-        self.last = RunStats()
-        self.calls = 0
+        self.last = RunStats()  # the figures of the last run (the object its Run updates)
+        self.runs = 0
 
     def __getstate__(self) -> dict[str, object]:
-        return {"total": self.total, "last": self.last, "calls": self.calls}
+        return {"total": self.total, "last": self.last, "runs": self.runs}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__()  # type: ignore[misc]
         self.__dict__.update(state)
 
-    def record(self, call: RunStats) -> None:
+    def start(self, last: RunStats) -> None:
+        """A run has started: ``last`` is its figures from now on."""
         with self._lock:
-            self.last = call
-            self.total.add(call)
-            self.calls += 1
+            self.last = last
+            self.runs += 1
+
+    def add(self, delta: RunStats) -> None:
+        with self._lock:
+            self.total.add(delta)
 
     def frame(self) -> pl.DataFrame:
         with self._lock:
-            rows = [{"scope": "last call", **self.last.as_dict()}, {"scope": "total", **self.total.as_dict()}]
+            rows = [{"scope": "last run", **self.last.as_dict()}, {"scope": "total", **self.total.as_dict()}]
         return pl.DataFrame(rows)

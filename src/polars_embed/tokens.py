@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from .errors import ConfigurationError, LongInputError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 LongInputPolicy = Literal["truncate", "chunk", "error"]
 LONG_INPUT_POLICIES: tuple[str, ...] = ("truncate", "chunk", "error")
@@ -91,35 +91,33 @@ def prepare_inputs(
     *,
     max_input_tokens: int,
     policy: LongInputPolicy,
-    row_of: Sequence[int] | None = None,
-    column: str = "text",
+    owners: Sequence[int] | None = None,
+    describe: Callable[[int], str] | None = None,
 ) -> list[Piece]:
     """Count tokens and apply the long-input policy; one or more pieces per text.
 
-    ``row_of[i]`` is the first row index of text ``i``, used only for error messages.
+    ``owners[i]`` is what the pieces of text ``i`` belong to (default ``i``); under
+    ``policy="error"``, ``describe(owner)`` names the offending row in the message
+    (default: ``"text i"``).
     """
     if policy not in LONG_INPUT_POLICIES:
         msg = f"on_long_input must be one of {LONG_INPUT_POLICIES}, got {policy!r}"
         raise ConfigurationError(msg)
     pieces: list[Piece] = []
     for i, (text, ids) in enumerate(zip(texts, tokenizer.encode_batch(texts))):
+        owner = owners[i] if owners is not None else i
         n = len(ids)
         if n <= max_input_tokens:
-            pieces.append(Piece(i, text, n))
+            pieces.append(Piece(owner, text, n))
         elif policy == "error":
-            row = row_of[i] if row_of is not None else i
-            msg = (
-                f"row {row} of column {column!r} has {n} tokens, over the limit of "
-                f"{max_input_tokens}; use on_long_input='truncate' or 'chunk'"
-            )
+            where = describe(owner) if describe is not None else f"text {i}"
+            msg = f"{where} has {n} tokens, over the limit of {max_input_tokens}; use on_long_input='truncate' or 'chunk'"
             raise LongInputError(msg)
         elif policy == "truncate":
-            pieces.append(_fit(i, ids[:max_input_tokens], tokenizer, max_input_tokens))
+            pieces.append(_fit(owner, ids[:max_input_tokens], tokenizer, max_input_tokens))
         else:
             for start in range(0, n, max_input_tokens):
-                pieces.append(
-                    _fit(i, ids[start : start + max_input_tokens], tokenizer, max_input_tokens)
-                )
+                pieces.append(_fit(owner, ids[start : start + max_input_tokens], tokenizer, max_input_tokens))
     return pieces
 
 

@@ -1,0 +1,299 @@
+"""The fetch stage: one object per call embeds the texts the cache did not have.
+
+``Fetch.run()`` tokenizes the texts, packs them into requests (``schedule``, with the
+request sizes of ``pack.Sizing``), sends each from the embedder's pool under its limiter
+and retries (``Runner``), and folds every answer into the call's ``Results``; each finished
+request is written to the cache at once, so a crash or Ctrl-C loses at most the requests in
+flight. A request refused because of one of its inputs (400/422) is bisected down to the
+offending rows (``Fetch.bisect``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import ProviderError
+from .runner import status_of
+from .tokens import Piece, prepare_inputs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from .budget import Budget
+    from .cache import Cache
+    from .pack import Sizing
+    from .providers.base import BatchResult, Provider
+    from .runner import Runner
+    from .stats import RunStats
+    from .tokens import LongInputPolicy
+
+#: Statuses that blame an input rather than the request: bisected down to the row.
+ROW_STATUSES = (400, 422)
+#: (cache key, vector, tokens) of a text whose every piece is back.
+Item = tuple[bytes, np.ndarray, int]
+
+
+class Stopped(Exception):
+    """The run was stopped (Ctrl-C, or an error in another slice): nothing more is sent."""
+
+
+@dataclass
+class Stage:
+    """What every fetch of one embedder shares."""
+
+    provider: Provider
+    runner: Runner
+    sizing: Sizing
+    budget: Budget
+    price: float  # USD per 1M tokens
+    policy: LongInputPolicy
+    tag: str  # provider:model:dimensions, stored with each cache entry
+
+
+@dataclass
+class Results:
+    """Per distinct text of one call: its vector, tokens as sent, cost, and why it failed."""
+
+    vectors: np.ndarray
+    tokens: np.ndarray
+    cost: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, dim: int) -> Results:
+        return cls(np.zeros((n, dim), np.float32), np.zeros(n, np.int64), np.zeros(n, np.float64))
+
+
+def schedule(
+    todo: np.ndarray,
+    tokenize: Callable[[np.ndarray], list[Piece]],
+    sizing: Sizing,
+    *,
+    stream: bool,
+    probe: bool,
+    check_first: bool,
+) -> Iterator[list[list[Piece]]]:
+    """The requests of one call in the order they may leave, tokenizing as it goes.
+
+    The first item is the head request alone: it leaves while the rest is tokenized (and,
+    with ``probe``, goes alone until its answer tells the quota). Then:
+
+    * a job that fits one request per worker, for a provider that waits on the network
+      (``stream``), sends each next request's worth as soon as it is tokenized: the server
+      works while the client counts. Probing, the head is a quarter of a request.
+    * anything bigger, or a model on this machine's cores, is packed as a whole after the
+      head, which keeps it at the lower bound of requests.
+    * ``check_first`` (``on_long_input="error"``): every text is tokenized, so every row is
+      checked, before anything is paid for.
+    """
+    n = len(todo)
+    if check_first:
+        head, *rest = sizing.requests(tokenize(todo))
+        yield [head]
+        if rest:
+            yield rest
+        return
+    size = sizing.split_size(n)
+    first, later = tokenize(todo[:size]), todo[size:]
+    parts = math.ceil(n / size)
+    bound = sizing.bound(n, sum(p.tokens for p in first) * n / min(size, n))
+    by_segment = stream and bound <= parts
+    rest_of_first: list[Piece] = []
+    if by_segment and probe and bound < parts:  # a quarter of a request finds the quota out sooner
+        cut = max(1, len(first) // 4)
+        first, rest_of_first = first[:cut], first[cut:]
+    head, *spill = sizing.requests(first, min_requests=1)
+    yield [head]
+    if by_segment:
+        spilled = [r for pieces in (*spill, rest_of_first) for r in sizing.requests(pieces, min_requests=1)]
+        if spilled:
+            yield spilled
+        for start in range(0, len(later), size):
+            yield sizing.requests(tokenize(later[start : start + size]), min_requests=1)
+    else:
+        rest = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
+        if rest:
+            yield sizing.requests(rest)
+
+
+class Fetch:
+    """Embed the distinct texts ``todo`` (indices into ``texts``) of one call into ``results``.
+
+    ``on_stored(items, billed_tokens)`` is called after each finished request with the texts
+    it completed (to hand them to waiting calls and to report progress); ``describe(i)``
+    names the row of text ``i`` in error messages.
+    """
+
+    def __init__(
+        self,
+        stage: Stage,
+        cache: Cache,
+        texts: Sequence[str],
+        keys: Sequence[bytes],
+        todo: np.ndarray,
+        results: Results,
+        stats: RunStats,
+        *,
+        describe: Callable[[int], str],
+        on_stored: Callable[[list[Item], list[int], int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.stage, self.cache = stage, cache
+        self.texts, self.keys, self.todo = texts, keys, todo
+        self.results, self.stats = results, stats
+        self.describe, self.on_stored = describe, on_stored
+        self.stop = stop or threading.Event()
+        self.n_pieces = np.zeros(len(texts), dtype=np.int64)  # pieces per text (chunk policy: several)
+        self.pending = np.zeros(len(texts), dtype=np.int64)  # pieces not yet back, per text
+        self.futures: list[Future[None]] = []
+        self.head: Future[None]
+        self._lock = threading.Lock()
+
+    # -- schedule ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Send every request; raises the first error once the requests in flight have ended."""
+        if not len(self.todo):
+            return
+        stage = self.stage
+        limiter, pool = stage.runner.limiter, stage.runner.pool
+        probe = stage.provider.waits_on_network and limiter.claim_probe()
+        steps = schedule(self.todo, self.tokenize, stage.sizing, stream=stage.provider.waits_on_network,
+                         probe=probe, check_first=stage.policy == "error")
+        try:
+            (head,) = next(steps)
+        except BaseException:
+            if probe:
+                limiter.end_probe()  # nothing was sent: the next call probes
+            raise
+        try:
+            if not probe:
+                limiter.wait_for_quota()  # another call's probe is out: its answer paces us too
+            self.head = pool.submit(self.send_probe if probe else self.send, head)
+            self.futures.append(self.head)
+            backlog: list[list[Piece]] = []  # tokenized while the probe is out
+            for requests in steps:
+                backlog += requests
+                if not probe or self.head.done():
+                    self.submit(backlog)
+                    backlog = []
+            if probe:
+                self.head.result()
+            self.submit(backlog)
+        except BaseException:
+            wait(self.futures)  # what is in flight finishes and is cached
+            raise
+        self.wait_all()
+        for i in self.results.errors:  # a text whose chunk failed is a failed text
+            self.results.tokens[i] = 0
+
+    def submit(self, requests: list[list[Piece]]) -> None:
+        """Hand ``requests`` to the pool, unless the head request has already failed."""
+        if self.head.done() and self.head.exception() is not None:
+            raise self.head.exception()  # type: ignore[misc]
+        self.futures.extend(self.stage.runner.pool.submit(self.send, r) for r in requests)
+
+    def wait_all(self) -> None:
+        try:
+            done, not_done = wait(self.futures, return_when=FIRST_EXCEPTION)
+            error = next((f.exception() for f in done if f.exception() is not None), None)
+            if error is not None:
+                for f in not_done:
+                    f.cancel()
+                wait(not_done)  # requests in flight finish and are cached
+                raise error
+        except KeyboardInterrupt:
+            for f in self.futures:
+                f.cancel()
+            raise
+
+    # -- tokenize ----------------------------------------------------------------------------
+    def tokenize(self, idx: np.ndarray) -> list[Piece]:
+        """Count tokens of texts ``idx`` and apply the long-input policy."""
+        limits = self.stage.provider.limits
+        pieces = prepare_inputs([self.texts[i] for i in idx], self.stage.provider.tokenizer(),
+                                max_input_tokens=limits.max_input_tokens, policy=self.stage.policy,
+                                owners=idx.tolist(), describe=self.describe)
+        with self._lock:
+            for p in pieces:
+                self.n_pieces[p.owner] += 1
+                self.pending[p.owner] += 1
+            self.stats.tokens_counted += sum(p.tokens for p in pieces)
+        return pieces
+
+    # -- send ----------------------------------------------------------------------------------
+    def send_probe(self, batch: list[Piece]) -> None:
+        try:
+            self.send(batch)
+        finally:
+            self.stage.runner.limiter.end_probe()
+
+    def send(self, batch: list[Piece]) -> None:
+        """One request under the budget, the limiter and retries; a row-level 400 is bisected."""
+        stage = self.stage
+        if self.stop.is_set():
+            raise Stopped("the run was stopped")
+        tokens = sum(p.tokens for p in batch)
+        estimate = tokens * stage.price / 1e6
+        stage.budget.reserve(estimate)
+        try:
+            result = stage.runner.call(lambda: stage.provider.embed([p.text for p in batch]), tokens, self.on_retry)
+        except ProviderError as exc:
+            stage.budget.settle(estimate, 0.0)
+            if exc.status_code not in ROW_STATUSES:
+                raise
+            self.bisect(batch, exc)
+            return
+        stage.budget.settle(estimate, result.billed_tokens * stage.price / 1e6)
+        self.finish(batch, result)
+
+    def bisect(self, batch: list[Piece], exc: ProviderError) -> None:
+        """A request refused for one of its inputs: send each half again, down to the row."""
+        with self._lock:
+            self.stats.requests += 1
+            if len(batch) == 1:
+                self.results.errors[batch[0].owner] = str(exc)
+                return
+        half = len(batch) // 2
+        self.send(batch[:half])
+        self.send(batch[half:])
+
+    def on_retry(self, exc: BaseException) -> None:
+        with self._lock:
+            self.stats.retries += 1
+            self.stats.rate_limited += status_of(exc) == 429
+
+    # -- finish --------------------------------------------------------------------------------
+    def finish(self, batch: list[Piece], result: BatchResult) -> None:
+        """Fold one answer in; store every text whose pieces are all back."""
+        res, price = self.results, self.stage.price
+        counted = sum(p.tokens for p in batch) or 1
+        done: list[int] = []
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.tokens_billed += result.billed_tokens
+            for p, vec in zip(batch, result.vectors):
+                share = result.billed_tokens * p.tokens / counted * price / 1e6
+                res.cost[p.owner] += share
+                self.stats.cost_usd += share
+                res.tokens[p.owner] += p.tokens
+                if self.n_pieces[p.owner] == 1:
+                    res.vectors[p.owner] = vec  # the server's vector, untouched
+                else:
+                    res.vectors[p.owner] += vec * p.tokens  # chunks: token-weighted sum
+                self.pending[p.owner] -= 1
+                if self.pending[p.owner] == 0:
+                    done.append(p.owner)
+            for i in done:
+                if self.n_pieces[i] > 1:  # then re-normalise the mean
+                    norm = float(np.linalg.norm(res.vectors[i]))
+                    res.vectors[i] /= norm if norm > 0 else 1.0
+            items = [(self.keys[i], res.vectors[i], int(res.tokens[i])) for i in done]
+        self.cache.set_many(items, tag=self.stage.tag)
+        if self.on_stored is not None:
+            self.on_stored(items, done, result.billed_tokens)

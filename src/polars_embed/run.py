@@ -1,0 +1,278 @@
+"""A run: what a user asked for in one go, however Polars slices it.
+
+One ``Embedder.embed()`` call, one expression (every slice of every frame Polars evaluates
+it on, in any engine), one ``with embedder.run():`` block, or one ``polars-embed run`` is
+one run: one set of figures (``Embedder.stats()``), one list of failed rows
+(``Embedder.last_failures``) and one ledger record, updated as its slices finish.
+
+Polars may evaluate the same slice more than once (``.over()``, once per struct field when
+common-subexpression elimination is off). A run recognises a slice it has already
+embedded by the identity of its input buffers and answers with the first evaluation's
+accounting, so nothing is paid twice and the per-row columns stay true: the rows that paid
+are not reported as hits, and the cost column sums to the bill.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from .cache import MemoryCache, NoCache
+from .errors import BudgetExceededError, PolarsEmbedError, RowsFailedError
+from .stats import RunStats
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+
+    from .cache import Cache
+    from .plan import Plan
+
+#: Input and accounting a run keeps to recognise slices evaluated again (bytes).
+MEMO_BYTES = 256 * 2**20
+#: Vectors a run keeps for itself when there is no cache (``cache=False``), so that a
+#: text met again in the same run is not paid again (bytes).
+RUN_CACHE_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A row that could not be embedded: its row number when the slice knows it, its text."""
+
+    row: int | None
+    text: str
+    error: str
+
+    def where(self, column: str) -> str:
+        """``row 12 of column 'text'`` or ``the row of column 'text' with text 'A long…'``."""
+        if self.row is not None:
+            return f"row {self.row} of column {column!r}"
+        return f"the row of column {column!r} with text {preview(self.text)!r}"
+
+
+def preview(text: str, width: int = 40) -> str:
+    """The first ``width`` characters of ``text`` on one line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def failures_frame(failures: list[Failure]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"row": [f.row for f in failures], "text": [f.text for f in failures], "error": [f.error for f in failures]},
+        schema={"row": pl.Int64, "text": pl.String, "error": pl.String},
+    )
+
+
+def rows_failed(failures: list[Failure], column: str) -> RowsFailedError:
+    """The error of a slice with failed rows (raised after every other row is done)."""
+    first = failures[0]
+    more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
+    msg = (
+        f"{first.where(column)}{more} could not be embedded: {first.error}; every other row is embedded "
+        f"and cached (Embedder.last_failures lists them; on_error='null' keeps going)"
+    )
+    return RowsFailedError(msg, failures=failures_frame(failures))
+
+
+def run_status(exc: BaseException) -> str:
+    """How a run ended, for its ledger record."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, BudgetExceededError):
+        return "stopped at max_cost"
+    if isinstance(exc, RowsFailedError):
+        return "rows failed"
+    return f"failed: {type(exc).__name__}" if isinstance(exc, PolarsEmbedError) else "failed"
+
+
+class Run:
+    """The figures, failures and ledger record of one run (see the module docstring)."""
+
+    def __init__(self, source: str, *, record: Callable[[Run], None] | None = None) -> None:
+        self.run_id = uuid.uuid4().hex
+        self.source = source
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.status = "running"
+        self.stats = RunStats()
+        self.memo = SliceMemo()
+        #: Called with the figures of each finished request (and of each slice's hits).
+        self.on_progress: Callable[[RunStats], None] | None = None
+        self._t0 = time.perf_counter()
+        self._failures: list[Failure] = []
+        self._distinct = _KeySet()
+        self._record = record
+        self._run_cache: MemoryCache | None = None
+        self._lock = threading.Lock()
+        #: Set by ``stop()``: the run's calls send nothing more (requests in flight end).
+        self.stopping = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Run({self.source!r}, {self.status}, rows={self.stats.rows:,}, cost=${self.stats.cost_usd:.6f})"
+
+    @property
+    def failures(self) -> pl.DataFrame:
+        """Rows that could not be embedded: ``row`` (null where the slice cannot know it), ``text``, ``error``."""
+        with self._lock:
+            return failures_frame(list(self._failures))
+
+    def cache_for(self, cache: Cache) -> Cache:
+        """The cache a call of this run reads and writes: the embedder's, or with none
+        (``cache=False``) a bounded in-memory one that lives as long as the run."""
+        if not isinstance(cache, NoCache):
+            return cache
+        with self._lock:
+            if self._run_cache is None:
+                self._run_cache = MemoryCache(max_bytes=RUN_CACHE_BYTES)
+            return self._run_cache
+
+    def add(self, call: RunStats, keys: list[bytes], failures: list[Failure]) -> RunStats:
+        """Fold in one finished call (a slice) and update the ledger record; returns what
+        the run's figures grew by (distinct texts and wall time counted for the run)."""
+        with self._lock:
+            distinct, wall = self.stats.distinct, self.stats.wall_seconds
+            self.stats.add(call)
+            self.stats.distinct = self._distinct.add(keys) if keys else distinct
+            self.stats.wall_seconds = max(wall, time.perf_counter() - self._t0)
+            self._failures.extend(failures)
+            delta = call.copy()
+            delta.distinct = self.stats.distinct - distinct
+            delta.wall_seconds = self.stats.wall_seconds - wall
+        self.save()
+        return delta
+
+    def stop(self) -> None:
+        """Send nothing more (Ctrl-C, or an error in another slice); what is in flight ends."""
+        self.stopping.set()
+
+    def progress(self, delta: RunStats) -> None:
+        if self.on_progress is not None:
+            self.on_progress(delta)
+
+    def close(self, status: str = "ok") -> RunStats:
+        """End the run: its final figures go to the ledger with ``status``; returns the
+        wall time added since the last call."""
+        with self._lock:
+            self.status = status
+            self.ended_at = time.time()
+            wall = self.stats.wall_seconds
+            self.stats.wall_seconds = time.perf_counter() - self._t0
+            self._run_cache = None
+        self.memo.clear()
+        self.save()
+        return RunStats(wall_seconds=self.stats.wall_seconds - wall)
+
+    def save(self) -> None:
+        if self._record is not None:
+            self._record(self)
+
+
+class _KeySet:
+    """Distinct content keys seen by a run, 8 bytes each in sorted arrays (merged when the
+    new ones reach a quarter of the old, so adding stays linear overall)."""
+
+    def __init__(self) -> None:
+        self._seen = np.empty(0, dtype=np.uint64)
+        self._new: list[np.ndarray] = []
+        self._new_size = 0
+
+    def add(self, keys: list[bytes]) -> int:
+        """Add ``keys``; returns how many distinct keys there are now."""
+        prefixes = np.frombuffer(b"".join(k[:8] for k in keys), dtype=np.uint64)
+        self._new.append(prefixes)
+        self._new_size += len(prefixes)
+        if self._new_size * 4 >= len(self._seen):
+            self._seen = np.union1d(self._seen, np.concatenate(self._new))
+            self._new, self._new_size = [], 0
+        if not self._new:
+            return len(self._seen)
+        pending = np.unique(np.concatenate(self._new))
+        return len(self._seen) + int((~np.isin(pending, self._seen, assume_unique=True)).sum())
+
+
+@dataclass
+class _Entry:
+    done: threading.Event
+    source: Any  # the input's Arrow export: keeps its buffers alive, so no other slice can get its address
+    answer: pl.DataFrame | None = None  # every output column but the vector
+    error: BaseException | None = None
+    size: int = 0
+
+
+class SliceMemo:
+    """Accounting of the slices a run embedded, by the identity of their input buffers."""
+
+    def __init__(self, max_bytes: int = MEMO_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def enter(self, inputs: list[pl.Series]) -> tuple[Hashable, _Entry, bool]:
+        """The slice's key and entry, and whether this evaluation is the first (it then
+        computes and must call ``leave``); a later one waits for the first to end."""
+        import pyarrow as pa
+
+        source = [pa.chunked_array(s) for s in inputs]  # zero-copy: buffer addresses identify the slice
+        key = tuple(
+            (chunk.offset, len(chunk), tuple(b.address if b is not None else 0 for b in chunk.buffers()))
+            for array in source for chunk in array.chunks
+        )
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                first = False
+            else:
+                entry = self._entries[key] = _Entry(threading.Event(), source)
+                first = True
+        if not first:
+            entry.done.wait()
+        return key, entry, first
+
+    def leave(self, key: Hashable, entry: _Entry, answer: pl.DataFrame | None, error: BaseException | None) -> None:
+        """Record the first evaluation's answer (or error), then keep the memo in budget."""
+        entry.answer, entry.error = answer, error
+        entry.size = (answer.estimated_size() if answer is not None else 0) + sum(int(a.nbytes) for a in entry.source)
+        entry.done.set()
+        with self._lock:
+            if self._entries.get(key) is not entry:
+                return  # cleared meanwhile
+            self._bytes += entry.size
+            while self._bytes > self.max_bytes and self._entries:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= old.size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+class CallProgress:
+    """Reports one call's progress to its run: the rows nothing is fetched for at once, the
+    rows of each finished request as it ends, and the rest (waited for, failed) at the end."""
+
+    def __init__(self, run: Run, plan: Plan, from_cache: np.ndarray) -> None:
+        self.run = run
+        self.weights = np.bincount(plan.inverse[plan.inverse >= 0], minlength=len(plan.texts))
+        self.hits = int(self.weights[from_cache].sum())  # rows of cached texts
+        self.reported = plan.n_blank + self.hits
+        self.total = plan.n_rows
+        run.progress(RunStats(rows=self.reported, hit_rows=self.hits))
+
+    def done(self, texts: list[int], billed: int, cost: float) -> None:
+        rows = int(self.weights[texts].sum())
+        self.reported += rows
+        self.hits += rows - len(texts)  # repeats of a text paid now
+        self.run.progress(RunStats(rows=rows, hit_rows=rows - len(texts), requests=1, tokens_billed=billed,
+                                   cost_usd=cost))
+
+    def end(self, hit_rows: int) -> None:
+        self.run.progress(RunStats(rows=self.total - self.reported, hit_rows=hit_rows - self.hits))
