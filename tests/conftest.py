@@ -10,6 +10,13 @@ from polars_embed.testing import EmbeddingServer
 API_KEY = "sk-test-0123456789"
 
 
+@pytest.fixture(autouse=True)
+def no_home(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's cache or ledger: the default directory is a
+    temporary one (a test that needs another sets its own)."""
+    monkeypatch.setenv("POLARS_EMBED_CACHE", str(tmp_path_factory.mktemp("default-cache")))
+
+
 @pytest.fixture
 def server():
     with EmbeddingServer() as srv:

@@ -52,7 +52,7 @@ def test_a_failed_claim_lets_the_waiter_fetch():
     keys = [b"k0", b"k1"]
     owner, mine, theirs = inflight.claim(keys, np.array([0, 1]))
     assert mine == [0, 1] and not theirs
-    waiter, mine2, theirs2 = inflight.claim(keys, np.array([0, 1]))
+    _waiter, mine2, theirs2 = inflight.claim(keys, np.array([0, 1]))
     assert not mine2 and [i for i, _ in theirs2] == [0, 1]
     inflight.publish(owner, [(b"k0", np.ones(2, np.float32), 3)])  # k1's request failed
     inflight.release(owner, keys)

@@ -14,24 +14,23 @@ import contextlib
 import os
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
 
-from .assemble import assemble, hit_rows
+from .assemble import assemble
 from .budget import Budget
 from .cache import open_cache
 from .errors import BudgetExceededError, ConfigurationError, ProviderError
 from .fetch import Fetch, Results, Stage, Stopped
 from .inflight import InFlight
+from .ledger import open_ledger
 from .pack import Sizing
 from .plan import as_text, content_keys, key_prefix, make_plan
 from .pricing import price_for
 from .providers import make_provider
-from .run import CallProgress, Failure, Run, failures_frame, rows_failed, run_status
+from .run import Call, CallProgress, Failure, Run, failures_frame, rows_failed, run_status
 from .runner import Runner
 from .stats import RunStats, StatsBook
 
@@ -40,9 +39,7 @@ if TYPE_CHECKING:
 
     from .cache import Cache
     from .fetch import Item
-    from .ledger import Ledger
     from .limiter import Limiter
-    from .plan import Plan
     from .providers.base import Limits, Provider
     from .tokens import LongInputPolicy
 
@@ -113,12 +110,11 @@ class Embedder:
         source: str = "embed_column",
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if on_long_input not in ("truncate", "chunk", "error"):
-            msg = f"on_long_input must be 'truncate', 'chunk' or 'error', got {on_long_input!r}"
-            raise ConfigurationError(msg)
-        if on_error not in ("raise", "null"):
-            msg = f"on_error must be 'raise' or 'null', got {on_error!r}"
-            raise ConfigurationError(msg)
+        for setting, value, allowed in (("on_long_input", on_long_input, ("truncate", "chunk", "error")),
+                                        ("on_error", on_error, ("raise", "null"))):
+            if value not in allowed:
+                msg = f"{setting} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+                raise ConfigurationError(msg)
         self.provider = provider or make_provider(
             model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
         )
@@ -128,7 +124,7 @@ class Embedder:
             msg = f"max_workers must be at least 1, got {max_workers}"
             raise ConfigurationError(msg)
         self.cache = open_cache(cache)
-        self.ledger = _open_ledger(ledger, self.cache)
+        self.ledger = open_ledger(ledger, self.cache)
         self.source = source
         self.on_long_input = on_long_input
         self.on_error = on_error
@@ -148,7 +144,6 @@ class Embedder:
         self._inflight = InFlight()  # texts some call is fetching right now
         self._scope: Run | None = None  # the open `with embedder.run()` block
         self._last_run: Run | None = None
-        self._ledger_warned = False
 
     # -- configuration -------------------------------------------------------------------
     @property
@@ -159,16 +154,12 @@ class Embedder:
     def dimensions(self) -> int:
         return self.provider.dimensions
 
-    @property
-    def max_cost(self) -> float | None:
-        return self.stage.budget.max_cost
-
     def __repr__(self) -> str:
         return f"Embedder(provider={self.provider!r}, cache={self.cache!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_lock", "_inflight", "_scope", "_last_run", "_ledger_warned"):
+        for name in ("_lock", "_inflight", "_scope", "_last_run"):
             del state[name]
         return state
 
@@ -236,13 +227,16 @@ class Embedder:
     def run(self, source: str | None = None) -> Iterator[Run]:
         """Everything this embedder embeds inside the block is one run: one set of figures,
         one list of failures, one ledger record (with how the block ended)."""
-        run = Run(source or self.source, record=self._save)
-        with self._lock:
-            if self._scope is not None:
-                msg = "a run of this Embedder is already open; use another Embedder for a concurrent run"
-                raise ConfigurationError(msg)
-            self._scope = self._last_run = run
-        self._stats.start(run.stats)
+        with self._ending(self.start_run(source, block=True)) as run:
+            try:
+                yield run
+            finally:
+                with self._lock:
+                    self._scope = None
+
+    @contextlib.contextmanager
+    def _ending(self, run: Run) -> Iterator[Run]:
+        """Close ``run`` when the block ends, with how it ended."""
         status = "ok"
         try:
             yield run
@@ -250,14 +244,18 @@ class Embedder:
             status = run_status(exc)
             raise
         finally:
-            with self._lock:
-                self._scope = None
             self._stats.add(run.close(status))
 
-    def start_run(self, source: str | None = None) -> Run:
-        """A new run that writes its ledger record as it goes (``close()`` ends it)."""
+    def start_run(self, source: str | None = None, *, block: bool = False) -> Run:
+        """A new run that writes its ledger record as it goes (``close()`` ends it); with
+        ``block``, the run every call joins until it is closed (``run()``)."""
         run = Run(source or self.source, record=self._save)
         with self._lock:
+            if block and self._scope is not None:
+                msg = "a run of this Embedder is already open; use another Embedder for a concurrent run"
+                raise ConfigurationError(msg)
+            if block:
+                self._scope = run
             self._last_run = run
         self._stats.start(run.stats)
         return run
@@ -267,18 +265,10 @@ class Embedder:
         return self._scope
 
     def _save(self, run: Run) -> None:
-        """Write ``run``'s ledger record; the ledger is best effort: never lose a result to it."""
-        if self.ledger is None:
-            return
-        meta = {"provider": self.provider.name, "model": self.model, "dimensions": str(self.dimensions)}
-        try:
-            self.ledger.append(run.stats.copy(), started=run.started_at, ended=run.ended_at or time.time(),
-                               source=run.source, meta=meta, run_id=run.run_id, status=run.status)
-        except Exception as exc:  # noqa: BLE001 - a full disk or a read-only home must not cost the vectors
-            if not self._ledger_warned:
-                self._ledger_warned = True
-                warnings.warn(f"polars-embed: cannot write the run ledger {self.ledger.path} ({exc}); "
-                              f"results are returned, the record is skipped", stacklevel=2)
+        """Write ``run``'s ledger record; best effort: a result is never lost to the ledger."""
+        if self.ledger is not None:
+            meta = {"provider": self.provider.name, "model": self.model, "dimensions": str(self.dimensions)}
+            self.ledger.record(run, meta)
 
     # -- Polars surface ------------------------------------------------------------------
     def expr(self, column: str | pl.Expr, *, name: str = "embedding", row_index: str | None = None) -> pl.Expr:
@@ -310,18 +300,12 @@ class Embedder:
         ``rows`` are the frame row numbers of the series' rows (default: their positions).
         """
         column = column or series.name or "text"
+        rows = np.arange(len(series)) if rows is None else rows
         run = run or self._scope
         if run is not None:
             return self._call(series, run, name=name, column=column, rows=rows)
-        run = self.start_run()
-        status = "ok"
-        try:
-            return self._call(series, run, name=name, column=column, rows=np.arange(len(series)) if rows is None else rows)
-        except BaseException as exc:
-            status = run_status(exc)
-            raise
-        finally:
-            self._stats.add(run.close(status))
+        with self._ending(self.start_run()) as own:
+            return self._call(series, own, name=name, column=column, rows=rows)
 
     def evaluate(self, series: pl.Series, rows: pl.Series | None, run: Run, *, name: str, column: str) -> pl.DataFrame:
         """One evaluation of an expression by Polars, as a slice of ``run``. A slice
@@ -342,14 +326,14 @@ class Embedder:
             raise entry.error
         answer = entry.answer
         assert answer is not None
-        c = self._plan(series, run, name, column, row_numbers)
+        c = self._plan(series, run, column, row_numbers)
         errors = answer.get_column(f"{name}_error") if self.on_error == "null" else pl.Series([], dtype=pl.String)
         c.res.errors = {int(c.plan.inverse[r]): "" for r in errors.is_not_null().arg_true().to_list()}
         if not all(c.from_cache[i] or i in c.res.errors for i in range(len(c.keys))):
             return self._call(series, run, name=name, column=column, rows=row_numbers)  # evicted: paid again, said so
         return assemble(c.plan, c.res, np.empty(0, np.int64), name, with_errors=False).select(name).hstack(answer)
 
-    def _plan(self, series: pl.Series, run: Run, name: str, column: str, rows: np.ndarray | None) -> Call:
+    def _plan(self, series: pl.Series, run: Run, column: str, rows: np.ndarray | None) -> Call:
         """Plan one slice and look its texts up in the cache."""
         plan = make_plan(as_text(series, column))
         keys = content_keys(plan.texts, key_prefix(self.provider.name, self.model, self.dimensions))
@@ -361,29 +345,21 @@ class Embedder:
     def _call(self, series: pl.Series, run: Run, *, name: str, column: str, rows: np.ndarray | None) -> pl.DataFrame:
         """One slice of ``run``: plan, cache, fetch, assemble; its figures go to the run."""
         started = time.perf_counter()
-        c = self._plan(series, run, name, column, rows)
-        plan, res = c.plan, c.res
-        stats = c.stats
-        progress = CallProgress(run, plan, c.from_cache)
+        c = self._plan(series, run, column, rows)
+        progress = CallProgress(run, c.plan, c.from_cache)
         failure: BaseException | None = None
         try:
             self._fetch(c, ~c.from_cache, progress)
         except (ProviderError, BudgetExceededError, Stopped, KeyboardInterrupt) as exc:
             failure = exc  # the figures of what was paid are recorded first
-        stats.cache_hits = int(c.from_cache.sum())
-        stats.failed_rows = int(np.isin(plan.inverse, list(res.errors)).sum()) if res.errors else 0
-        hits = hit_rows(plan, c.from_cache)
-        stats.hit_rows = len(hits)
-        stats.cost_saved_usd = float(res.tokens[plan.inverse[hits]].sum()) * self.price / 1e6
-        stats.wall_seconds = time.perf_counter() - started
-        failures = [Failure(c.row(i), plan.texts[i], reason) for i, reason in res.errors.items()]
-        self._stats.add(run.add(stats, c.keys, failures))
-        progress.end(stats.hit_rows)
+        hits, failures = c.account(self.price, time.perf_counter() - started)
+        self._stats.add(run.add(c.stats, c.keys, failures))
+        progress.end(c.stats.hit_rows)
         if failure is not None:
             raise failure
         if failures and self.on_error == "raise":
             raise rows_failed(failures, column)
-        return assemble(plan, res, hits, name, with_errors=self.on_error == "null")
+        return assemble(c.plan, c.res, hits, name, with_errors=self.on_error == "null")
 
     def _fetch(self, c: Call, wanted: np.ndarray, progress: CallProgress) -> None:
         """Fetch the texts ``wanted``; those another call is fetching right now are waited
@@ -417,48 +393,3 @@ class Embedder:
                 missing = np.zeros(len(c.keys), dtype=bool)
                 missing[np.asarray(again)[~found]] = True
                 self._fetch(c, missing, progress)
-
-
-@dataclass
-class Call:
-    """One slice being embedded: its plan and keys, results and figures, and its run."""
-
-    plan: Plan
-    keys: list[bytes]
-    res: Results
-    run: Run
-    cache: Cache
-    column: str
-    rows: np.ndarray | None  # frame row number of each row of the slice, when known
-    from_cache: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    stats: RunStats = field(init=False)
-
-    def __post_init__(self) -> None:
-        n_texts = len(self.plan.texts)
-        self.stats = RunStats(rows=self.plan.n_rows, distinct=n_texts,
-                              duplicate_hits=self.plan.n_rows - self.plan.n_blank - n_texts)
-
-    def lookup(self, idx: np.ndarray) -> np.ndarray:
-        """Fill the results of the cached texts among ``idx``; which of ``idx`` were found."""
-        found = self.cache.get_many([self.keys[i] for i in idx]) if len(idx) else []
-        where = [i for i, value in zip(idx.tolist(), found) if value is not None]
-        if where:
-            self.res.vectors[where] = np.stack([value[0] for value in found if value is not None])
-            self.res.tokens[where] = [value[1] for value in found if value is not None]
-        return np.array([value is not None for value in found], dtype=bool)
-
-    def row(self, text: int) -> int | None:
-        """The frame row of distinct text ``text`` (its first row), if the slice knows it."""
-        return None if self.rows is None else int(self.rows[self.plan.first_row[text]])
-
-
-def _open_ledger(ledger: str | os.PathLike[str] | bool | None, cache: Cache) -> Ledger | None:
-    """``False``: none; a path; else the ledger the cache names, or the default one."""
-    from .ledger import Ledger
-
-    if ledger is False:
-        return None
-    if ledger is None or ledger is True:
-        where = getattr(cache, "ledger_path", None)
-        return Ledger(where() if callable(where) else None)
-    return Ledger(ledger)

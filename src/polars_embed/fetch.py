@@ -117,9 +117,9 @@ def schedule(
         for start in range(0, len(later), size):
             yield sizing.requests(tokenize(later[start : start + size]), min_requests=1)
     else:
-        rest = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
-        if rest:
-            yield sizing.requests(rest)
+        remaining = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
+        if remaining:
+            yield sizing.requests(remaining)
 
 
 class Fetch:

@@ -59,6 +59,6 @@ def write_parquet(df: pl.DataFrame, path: str | os.PathLike[str], metadata: dict
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The key-value metadata of a Parquet file, decoded."""
-    raw = pq.read_schema(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    """The key-value metadata of a Parquet file (written by pyarrow or by Polars), decoded."""
+    raw = pq.ParquetFile(path).metadata.metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if k != b"ARROW:schema"}

@@ -28,7 +28,7 @@ from .errors import InputError, PolarsEmbedError
 from .io import atomic_file, stale_temp_files
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Generator, Iterable, Iterator
 
     from .embedder import Embedder
     from .estimate import Estimate
@@ -144,7 +144,7 @@ def run(
 
 
 def embedded(embedder: Embedder, run: Run, parts: Iterable[pl.DataFrame], column: str,
-             name: str) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame]]:
+             name: str) -> Generator[tuple[int, pl.DataFrame, pl.DataFrame], None, None]:
     """``(offset, partition, its output columns)`` in input order; up to ``AHEAD`` more
     partitions are embedded (on threads, sharing the embedder's pool) while one is consumed."""
     queue: deque[tuple[int, pl.DataFrame, Future[pl.DataFrame]]] = deque()

