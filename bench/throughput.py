@@ -140,8 +140,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--dims", type=int, default=256)
     parser.add_argument("--time-scale", type=float, default=10.0)
+    parser.add_argument("--mean-log", type=float, default=3.5,
+                        help="log-normal mean of words a text (3.5: ~180 tokens a text; 2.6: ~80)")
     args = parser.parse_args()
-    texts = corpus(args.rows, max_words=400)
+    texts = corpus(args.rows, max_words=400, mean_log=args.mean_log)
     n = len(texts)
     server = subprocess.Popen(
         [sys.executable, "-m", "polars_embed.testing.server", "--port", str(PORT), "--latency", "0.15",
@@ -226,7 +228,8 @@ def main() -> None:
         server.wait()
 
     pl.Config.set_tbl_rows(20).set_tbl_width_chars(140).set_tbl_hide_dataframe_shape(True)
-    print(f"corpus: {n:,} rows, {len(set(texts)):,} distinct, dims {args.dims}, "
+    print(f"corpus: {n:,} rows, {len(set(texts)):,} distinct, {billed_clean / len(set(texts)):.0f} tokens a distinct "
+          f"text, dims {args.dims}, "
           f"latency 150 ms + 2 ms/1k tokens, clock x{args.time_scale:g}\n")
     print(pl.DataFrame(rows).with_columns(pl.col("cold rows/s", "warm rows/s").round(0)))
     by = {(r["scenario"], r["contender"]): r for r in rows}

