@@ -25,7 +25,7 @@ def _worker(url: str, cache: str, offset: int, queue) -> None:
         out = emb.embed(pl.Series("text", texts))
         bad = sum(not np.array_equal(v, server_vector(MODEL, 16, t)) for t, v in zip(texts, out["embedding"].to_numpy()))
         queue.put(("ok", bad))
-    except Exception as exc:  # reported to the parent, which fails the test
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
         queue.put(("error", repr(exc)))
 
 

@@ -19,9 +19,9 @@ def test_canary_key_appears_in_no_file_log_or_error(server, tmp_path, report):
     env = {**os.environ, "OPENAI_API_KEY": CANARY, "POLARS_EMBED_CACHE": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "polars_embed.cli", "run", str(src), str(tmp_path / "out" / "o.parquet"),
             "--model", "text-embedding-3-small", "--dimensions", "8", "--base-url", server.url, "--log-json", "--debug"]
-    ok = subprocess.run(args, env=env, capture_output=True, text=True)
+    ok = subprocess.run(args, check=False, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    wrong = subprocess.run(args, env={**env, "OPENAI_API_KEY": CANARY + "-wrong", "POLARS_EMBED_CACHE": str(tmp_path / "c2")},
+    wrong = subprocess.run(args, check=False, env={**env, "OPENAI_API_KEY": CANARY + "-wrong", "POLARS_EMBED_CACHE": str(tmp_path / "c2")},
                            capture_output=True, text=True)  # a refused key, with tracebacks on (--debug)
     assert wrong.returncode != 0
     streams = ok.stdout + ok.stderr + wrong.stdout + wrong.stderr
