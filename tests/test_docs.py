@@ -45,3 +45,17 @@ def test_every_cli_command_is_in_the_readme():
             for opt in action.option_strings:
                 if opt.startswith("--") and opt not in ("--help",):
                     assert opt in README, f"{name} {opt} is not documented"
+
+
+def test_readme_reuse_example_runs(server, tmp_path):
+    """The second example, from a directory holding the shipped sample."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(Path(__file__).parent.parent / "data" / "sample.parquet", tmp_path / "data" / "sample.parquet")
+    env = {**os.environ, "OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": "test",
+           "POLARS_EMBED_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", block_after("reuse")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, check=True)
+    assert "last run" in proc.stdout and "total" in proc.stdout
+    assert (tmp_path / "data" / "out" / "sample_embedded.parquet").exists()
