@@ -8,7 +8,7 @@ the client: base64 float32 goes straight into numpy, vectors are placed by their
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import os
 import threading
@@ -169,7 +169,7 @@ def parse_body(content: bytes, n: int, dim: int) -> tuple[np.ndarray, int]:
             idx = int(item["index"])
             emb = item["embedding"]
             vec = (
-                np.frombuffer(base64.b64decode(emb), dtype="<f4")
+                np.frombuffer(binascii.a2b_base64(emb), dtype="<f4")
                 if isinstance(emb, str)
                 else np.asarray(emb, dtype=np.float32)
             )
