@@ -21,7 +21,7 @@ def test_counts_match_cl100k():
 def test_truncate_is_the_default_and_fits_the_limit(make_embedder, server):
     emb = make_embedder()
     out = pl.DataFrame({"text": [LONG, "short"]}).with_columns(emb.expr("text"))
-    assert out["embedding_tokens"].to_list() == [8192, 1]
+    assert out["embedding_tokens"].to_list() == [8191, 1]
     assert server.count(400) == 0
     sent = server.texts_seen()
     truncated = next(t for t in sent if t != "short")

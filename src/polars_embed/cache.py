@@ -3,7 +3,13 @@
 Values are raw bytes in a fixed layout, never pickled objects, so opening a cache that
 came from elsewhere cannot execute code. Layout of a value (little-endian)::
 
-    b"PEv1" | uint32 token count | uint32 dim | dim x float32
+    b"PEv2" | uint32 token count | uint32 dim | uint32 crc32 of the floats | dim x float32
+
+(``PEv1``, written before, has no checksum and is still read.) An entry that does not
+decode -- another layout, a wrong length, a failed checksum, a pickle -- is *damaged*: it
+reads as a miss, so the text is fetched again and the entry overwritten, and it is counted
+(``damaged`` in ``stats()``). A cache that cannot be written (a full disk, a read-only
+directory) is still read; what is fetched meanwhile is returned, not cached.
 
 The interface is four methods (``get_many``, ``set_many``, ``stats``, ``close``) and an
 optional fifth (``ledger_path``: where the run ledger of this cache lives; ``None`` or
@@ -13,9 +19,13 @@ without touching the pipeline.
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import struct
 import threading
+import warnings
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,7 +39,7 @@ if TYPE_CHECKING:
 
     import polars as pl
 
-_MAGIC = b"PEv1"
+_MAGIC, _MAGIC_V1 = b"PEv2", b"PEv1"
 # An inline raw-bytes entry exactly as diskcache's Cache.set writes one (mode 1 = MODE_RAW).
 _UPSERT = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
@@ -37,7 +47,8 @@ _UPSERT = (
     " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, access_time = excluded.access_time,"
     " tag = excluded.tag, size = 0, mode = 1, filename = NULL, value = excluded.value"
 )
-_HEADER = struct.Struct("<4sII")
+_HEADER = struct.Struct("<4sIII")
+_HEADER_V1 = struct.Struct("<4sII")
 
 
 class Cache(Protocol):
@@ -53,8 +64,8 @@ class Cache(Protocol):
 
 
 def encode_value(vector: np.ndarray, tokens: int) -> bytes:
-    vec = np.ascontiguousarray(vector, dtype="<f4")
-    return _HEADER.pack(_MAGIC, tokens, vec.shape[0]) + vec.tobytes()
+    vec = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+    return _HEADER.pack(_MAGIC, tokens, len(vec) // 4, zlib.crc32(vec)) + vec
 
 
 def encode_values(vectors: Sequence[np.ndarray], tokens: Sequence[int]) -> list[bytes]:
@@ -63,23 +74,45 @@ def encode_values(vectors: Sequence[np.ndarray], tokens: Sequence[int]) -> list[
         return []
     mat = np.ascontiguousarray(np.stack(vectors), dtype="<f4")
     n, dim = mat.shape
-    head = np.zeros(n, dtype=[("magic", "S4"), ("tokens", "<u4"), ("dim", "<u4")])
+    head = np.zeros(n, dtype=[("magic", "S4"), ("tokens", "<u4"), ("dim", "<u4"), ("crc", "<u4")])
     head["magic"], head["tokens"], head["dim"] = _MAGIC, tokens, dim
+    head["crc"] = [zlib.crc32(row) for row in mat]
     buf = np.empty((n, _HEADER.size + 4 * dim), dtype=np.uint8)
     buf[:, : _HEADER.size] = head.view(np.uint8).reshape(n, _HEADER.size)
     buf[:, _HEADER.size :] = mat.view(np.uint8)
     return [row.tobytes() for row in buf]
 
 
-def decode_value(raw: object, where: str) -> tuple[np.ndarray, int]:
-    if not isinstance(raw, bytes) or len(raw) < _HEADER.size:
-        msg = f"cache {where} holds an entry that polars-embed did not write; clear it with `polars-embed cache clear`"
-        raise CacheError(msg)
-    magic, tokens, dim = _HEADER.unpack_from(raw)
-    if magic != _MAGIC or len(raw) != _HEADER.size + 4 * dim:
-        msg = f"cache {where} holds a damaged entry; clear it with `polars-embed cache clear`"
-        raise CacheError(msg)
+def decode_value(raw: object) -> tuple[np.ndarray, int] | None:
+    """The vector and token count of a stored value; None if it is damaged (see above)."""
+    if not isinstance(raw, bytes) or len(raw) < _HEADER_V1.size:
+        return None
+    if raw[:4] == _MAGIC_V1:
+        _, tokens, dim = _HEADER_V1.unpack_from(raw)
+        if len(raw) != _HEADER_V1.size + 4 * dim:
+            return None
+        return np.frombuffer(raw, dtype="<f4", offset=_HEADER_V1.size), tokens
+    if raw[:4] != _MAGIC or len(raw) < _HEADER.size:
+        return None
+    _, tokens, dim, crc = _HEADER.unpack_from(raw)
+    if len(raw) != _HEADER.size + 4 * dim or zlib.crc32(memoryview(raw)[_HEADER.size :]) != crc:
+        return None
     return np.frombuffer(raw, dtype="<f4", offset=_HEADER.size), tokens
+
+
+_UNWRITABLE = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT}
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk refuses writes (full, read-only), not that data is damaged."""
+    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("disk is full", "readonly", "read-only", "disk i/o error", "unable to open"))
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
 def default_cache_dir() -> Path:
@@ -117,12 +150,18 @@ class DiskCache:
 
     Safe for several threads and several processes at once. Nothing is evicted
     automatically (``eviction_policy="none"``): ``polars-embed cache prune`` does that.
-    The handle opens lazily, so a ``DiskCache`` pickles as its path.
+    The handle opens lazily, so a ``DiskCache`` pickles as its path. A cache that exists but
+    cannot be written (a full disk, a read-only directory) opens read-only, with a warning.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self._cache: Any = None
+        self._read_only: sqlite3.Connection | None = None
+        #: Why this cache cannot be written, if it cannot (then it is only read).
+        self.unwritable: str | None = None
+        #: Damaged entries met (each read as a miss, then overwritten).
+        self.damaged = 0
         self._lock = threading.Lock()
         # Writers of this process take turns here: waiting on SQLite's own lock would mean
         # its busy handler's sleeps (1, 2, 5, ... 100 ms), which cost a cold run ~10%.
@@ -139,52 +178,96 @@ class DiskCache:
 
     @property
     def _db(self) -> Any:
-        if self._cache is None:
+        """diskcache's handle; None when the cache is open read-only (``_read_only``)."""
+        if self._cache is None and self._read_only is None:
             with self._lock:
-                if self._cache is None:
-                    import diskcache
-
-                    try:
-                        self.directory.mkdir(parents=True, exist_ok=True)
-                        self._cache = diskcache.Cache(
-                            str(self.directory),
-                            disk=_raw_only_disk(),
-                            eviction_policy="none",
-                            size_limit=2**62,
-                            statistics=False,
-                        )
-                    except Exception as exc:
-                        msg = (
-                            f"cannot open the cache at {self.directory} ({exc}); if it is damaged, "
-                            f"`polars-embed cache clear --force --cache {self.directory}` rebuilds it"
-                        )
-                        raise CacheError(msg) from exc
+                if self._cache is None and self._read_only is None:
+                    self._open()
         return self._cache
+
+    def _open(self) -> None:
+        import diskcache
+
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(str(self.directory), disk=_raw_only_disk(), eviction_policy="none",
+                                          size_limit=2**62, statistics=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - sorted out below: unwritable, or damaged
+            error = exc
+        database = self.directory / "cache.db"
+        if _cannot_write(error) and database.is_file() and self._open_read_only(database):
+            self.unwritable = _reason(error)
+            warnings.warn(f"polars-embed: the cache at {self.directory} cannot be written ({self.unwritable}); "
+                          f"it is read, and what is fetched is returned but not cached", stacklevel=4)
+            return
+        if _cannot_write(error) or not database.is_file():
+            msg = (f"cannot create or write the cache at {self.directory} ({_reason(error)}); free some space, "
+                   f"fix its permissions, or use another cache directory (cache=False for none)")
+        else:
+            msg = (f"cannot open the cache at {self.directory} ({error}): it is damaged; "
+                   f"`polars-embed cache clear --force --cache {self.directory}` rebuilds it")
+        raise CacheError(msg) from error
+
+    def _open_read_only(self, database: Path) -> bool:
+        for mode in ("mode=ro", "immutable=1"):  # immutable: a WAL nobody can write cannot be read otherwise
+            try:
+                con = sqlite3.connect(f"{database.as_uri()}?{mode}", uri=True, check_same_thread=False)
+                con.execute("SELECT COUNT(*) FROM Cache").fetchone()
+            except sqlite3.Error:
+                continue
+            self._read_only = con
+            return True
+        return False
+
+    def _rows(self, keys: list[bytes]) -> list[tuple[Any, ...]]:
+        marks = ",".join("?" * len(keys))
+        sql = f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})"
+        db = self._db
+        if db is not None:
+            return db._sql(sql, keys).fetchall()  # type: ignore[no-any-return]
+        assert self._read_only is not None
+        with self._lock:
+            return self._read_only.execute(sql, keys).fetchall()
+
+    def _value(self, mode: int, filename: Any, value: Any) -> object:
+        """A row's value as bytes (None for a value that is not raw bytes: never unpickled)."""
+        if mode == 1:  # MODE_RAW: inline bytes
+            return bytes(value) if value is not None else None
+        if mode == 2 and filename:  # MODE_BINARY: a file of diskcache's
+            try:
+                return (self.directory / filename).read_bytes()
+            except OSError:
+                return None
+        return None  # a pickle, text or anything else: not ours
 
     def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
         """One SQL query per 500 keys instead of one per key (a warm rerun is all reads).
 
-        Goes through diskcache's own connection and ``Disk.fetch`` (our raw-only disk, so
-        a pickled value is refused here too); expiry is not used by polars-embed.
+        Rows are read without diskcache's ``Disk.fetch``: only raw bytes are taken, a
+        pickled value is never unpickled (it is a damaged entry); expiry is not used.
         """
-        db = self._db
         found: dict[bytes, object] = {}
         try:
             for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                rows = db._sql(
-                    f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk
-                ).fetchall()
-                for key, mode, filename, value in rows:
-                    found[bytes(key)] = db._disk.fetch(mode, filename, value, False)
+                for key, mode, filename, value in self._rows(list(keys[start : start + 500])):
+                    found[bytes(key)] = self._value(mode, filename, value)
         except CacheError:
             raise
         except Exception as exc:
-            msg = f"cannot read the cache at {self.directory} ({exc}); clear it with `polars-embed cache clear`"
+            msg = (f"cannot read the cache at {self.directory} ({exc}); if it is damaged, "
+                   f"`polars-embed cache clear --force --cache {self.directory}` rebuilds it")
             raise CacheError(msg) from exc
-        where = str(self.directory)
-        return [None if (raw := found.get(k)) is None else decode_value(raw, where) for k in keys]
+        out: list[tuple[np.ndarray, int] | None] = []
+        damaged = 0
+        for k in keys:
+            value = decode_value(found[k]) if k in found else None
+            damaged += k in found and value is None
+            out.append(value)
+        if damaged:
+            with self._lock:
+                self.damaged += damaged
+        return out
 
     def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
         """Store entries in one transaction; ``tag`` (provider:model:dimensions) lets
@@ -194,10 +277,9 @@ class DiskCache:
         to 8,188 dimensions) are upserted with one ``executemany`` into its own table,
         which its triggers keep counted; larger ones go through ``Cache.set``.
         """
-        import sqlite3
         import time
 
-        db = self._db
+        db = self._writable()
         limit = db.disk_min_file_size
         now = time.time()
         inline, large = [], []
@@ -216,12 +298,19 @@ class DiskCache:
                 for key, value in large:
                     db.set(key, value, tag=tag)
         except Exception as exc:
-            msg = f"cannot write to the cache at {self.directory} ({exc})"
+            kind = "full or read-only" if _cannot_write(exc) else "failed"
+            msg = f"cannot write to the cache at {self.directory} ({kind}: {_reason(exc)})"
             raise CacheError(msg) from exc
 
     def stats(self) -> dict[str, Any]:
         db = self._db
-        return {"backend": "diskcache", "path": str(self.directory), "entries": len(db), "bytes": db.volume()}
+        if db is None:
+            assert self._read_only is not None
+            entries = self._read_only.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
+            return {"backend": "diskcache", "path": str(self.directory), "entries": entries, "bytes": None,
+                    "damaged": self.damaged, "unwritable": self.unwritable}
+        return {"backend": "diskcache", "path": str(self.directory), "entries": len(db), "bytes": db.volume(),
+                "damaged": self.damaged, "unwritable": self.unwritable}
 
     def ledger_path(self) -> Path:
         """The run ledger lives beside the cache it records."""
@@ -231,10 +320,10 @@ class DiskCache:
         """Entries, bytes and oldest/newest entry per provider:model:dimensions."""
         import polars as pl
 
-        rows = self._db._sql(
-            "SELECT tag, COUNT(*), SUM(LENGTH(value)) + SUM(size), MIN(store_time), MAX(store_time)"
-            " FROM Cache GROUP BY tag ORDER BY tag"
-        ).fetchall()
+        sql = ("SELECT tag, COUNT(*), SUM(LENGTH(value)) + SUM(size), MIN(store_time), MAX(store_time)"
+               " FROM Cache GROUP BY tag ORDER BY tag")
+        db = self._db
+        rows = db._sql(sql).fetchall() if db is not None else self._read_only.execute(sql).fetchall()  # type: ignore[union-attr]
         df = pl.DataFrame(rows, schema={"model": pl.String, "entries": pl.Int64, "bytes": pl.Int64,
                                         "oldest": pl.Float64, "newest": pl.Float64}, orient="row")
         return df.with_columns(pl.from_epoch(pl.col("oldest", "newest") * 1e6, time_unit="us").dt.replace_time_zone("UTC"))
@@ -251,20 +340,26 @@ class DiskCache:
             if sub.is_dir() and len(sub.name) == 2 and all(c in "0123456789abcdef" for c in sub.name):
                 shutil.rmtree(sub)
 
-    def delete_many(self, keys: Sequence[bytes]) -> None:
+    def _writable(self) -> Any:
         db = self._db
+        if db is None:
+            raise CacheError(f"cannot write to the cache at {self.directory} ({self.unwritable})")
+        return db
+
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        db = self._writable()
         for key in keys:
             db.delete(key)
 
     def clear(self) -> int:
         """Remove every entry; returns how many there were."""
-        return int(self._db.clear())
+        return int(self._writable().clear())
 
     def prune(self, older_than_seconds: float) -> int:
         """Remove entries stored more than ``older_than_seconds`` ago; returns the count."""
         import time
 
-        db = self._db
+        db = self._writable()
         cutoff = time.time() - older_than_seconds
         rows = db._sql("SELECT key, raw FROM Cache WHERE store_time < ?", (cutoff,)).fetchall()
         removed = 0
@@ -277,6 +372,9 @@ class DiskCache:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+        if self._read_only is not None:
+            self._read_only.close()
+            self._read_only = None
 
 
 class MemoryCache:
@@ -296,7 +394,7 @@ class MemoryCache:
                 for k, r in zip(keys, raws):
                     if r is not None:
                         self._data.move_to_end(k)
-        return [None if r is None else decode_value(r, "in memory") for r in raws]
+        return [None if r is None else decode_value(r) for r in raws]
 
     def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
         with self._lock:

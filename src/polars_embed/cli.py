@@ -300,7 +300,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     key = os.environ.get("OPENAI_API_KEY")
     checks.append(("API key", True, "OPENAI_API_KEY is set" if key else "OPENAI_API_KEY is not set (only local models will work)"))
     base = args.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-    checks.append(("endpoint", *_reachable(base)))
+    ok, detail = _reachable(base)
+    checks.append(("endpoint", ok, detail.replace(base, _without_credentials(base))))
     try:
         import numpy as np
 
@@ -335,6 +336,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     # the endpoint matters only to someone who means to use it
     required = [ok for name, ok, _ in checks if name != "endpoint" or key or args.base_url]
     return EXIT_OK if all(required) else EXIT_FAILED_ROWS
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` as it may be printed: no ``user:secret@``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "") if "@" in parts.netloc else parts.netloc
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _reachable(base_url: str) -> tuple[bool, str]:

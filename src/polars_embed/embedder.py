@@ -33,6 +33,7 @@ from .providers import make_provider
 from .run import Call, CallProgress, Failure, Run, failures_frame, rows_failed, run_status
 from .runner import Runner
 from .stats import RunStats, StatsBook
+from .validate import check_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -115,14 +116,14 @@ class Embedder:
             if value not in allowed:
                 msg = f"{setting} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
                 raise ConfigurationError(msg)
+        check_settings(rpm=rpm, tpm=tpm, price_per_million=price_per_million, max_cost=max_cost, timeout=timeout,
+                       max_workers=1 if max_workers is None else max_workers, max_attempts=max_attempts,
+                       max_retry_seconds=max_retry_seconds)
         self.provider = provider or make_provider(
             model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
         )
         if max_workers is None:  # requests wait on the network; a local model on the cores
             max_workers = 16 if self.provider.waits_on_network else (os.cpu_count() or 1)
-        if max_workers < 1:
-            msg = f"max_workers must be at least 1, got {max_workers}"
-            raise ConfigurationError(msg)
         self.cache = open_cache(cache)
         self.ledger = open_ledger(ledger, self.cache)
         self.source = source
@@ -130,7 +131,7 @@ class Embedder:
         self.on_error = on_error
         self.price = price_for(self.provider, price_per_million)
         self.runner = Runner(max_workers=max_workers, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
-                             rpm=rpm, tpm=tpm, limiter=limiter, sleep=sleep)
+                             rpm=rpm, tpm=tpm, limiter=limiter, sleep=sleep, redact=getattr(self.provider, "redact", None))
         self.stage = Stage(
             provider=self.provider, runner=self.runner, budget=Budget(max_cost), price=self.price,
             sizing=Sizing(self.provider.limits, max_workers, self.runner.limiter), policy=on_long_input,

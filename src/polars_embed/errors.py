@@ -35,9 +35,16 @@ class LongInputError(InputError):
 class ProviderError(PolarsEmbedError):
     """The provider failed a request for good (a 4xx, or retries exhausted)."""
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, blames_input: bool = False) -> None:
         super().__init__(message)
         self.status_code = status_code
+        #: Whether the failure may be caused by an input of the request (a 400 or 422, an
+        #: answer that stays malformed): then the request is bisected to find the row.
+        self.blames_input = blames_input
+
+
+class RequestRefusedError(ProviderError, ConfigurationError):
+    """The server refuses the request whatever its inputs (a setting the model refuses)."""
 
 
 class RowsFailedError(ProviderError):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ProviderError
+from .errors import CacheError, ProviderError, RequestRefusedError
 from .runner import status_of
 from .tokens import Piece, prepare_inputs
 
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 PROBE_INPUTS = 16
 #: The token count of a piece sent before it was counted (``Fetch.untokenized``).
 UNCOUNTED = -1
-#: Statuses that blame an input rather than the request: bisected down to the row.
-ROW_STATUSES = (400, 422)
 #: (cache key, vector, tokens) of a text whose every piece is back.
 Item = tuple[bytes, np.ndarray, int]
 
@@ -59,6 +58,14 @@ class Stage:
     price: float  # USD per 1M tokens
     policy: LongInputPolicy
     tag: str  # provider:model:dimensions, stored with each cache entry
+    accepted: bool = False  # has the server answered a request of this embedder yet?
+    warned: set[str] = field(default_factory=set)
+
+    def warn_once(self, message: str) -> None:
+        """A warning said once per embedder (a full cache fails every write the same way)."""
+        if message not in self.warned:
+            self.warned.add(message)
+            warnings.warn(message, stacklevel=2)
 
 
 @dataclass
@@ -300,7 +307,14 @@ class Fetch:
             self.stage.runner.limiter.end_probe()
 
     def send(self, batch: list[Piece]) -> None:
-        """One request under the budget, the limiter and retries; a row-level 400 is bisected."""
+        """One request; refused for its inputs, it is bisected down to the offending rows."""
+        refused = self.attempt(batch)
+        if refused is not None:
+            self.bisect(batch, refused)
+
+    def attempt(self, batch: list[Piece]) -> ProviderError | None:
+        """One request under the budget, the limiter and retries, folded in when answered;
+        returns the error of a request refused for its inputs (other errors are raised)."""
         stage = self.stage
         if self.stop.is_set():
             raise Stopped("the run was stopped")
@@ -311,23 +325,40 @@ class Fetch:
             result = stage.runner.call(lambda: stage.provider.embed([p.text for p in batch]), tokens, self.on_retry)
         except ProviderError as exc:
             stage.budget.settle(estimate, 0.0)
-            if exc.status_code not in ROW_STATUSES:
+            if not exc.blames_input:
                 raise
-            self.bisect(batch, exc)
-            return
+            with self._lock:
+                self.stats.requests += 1
+            return exc
         stage.budget.settle(estimate, result.billed_tokens * stage.price / 1e6)
+        stage.accepted = True
         self.finish(batch, result)
+        return None
 
-    def bisect(self, batch: list[Piece], exc: ProviderError) -> None:
-        """A request refused for one of its inputs: send each half again, down to the row."""
-        with self._lock:
-            self.stats.requests += 1
-            if len(batch) == 1:
-                self.results.errors[batch[0].owner] = str(exc)
-                return
+    def bisect(self, batch: list[Piece], refused: ProviderError) -> None:
+        """A request refused for one of its inputs: each half is sent again, down to the row.
+
+        Only while the server is known to take requests: when it has taken none of this
+        embedder's yet and refuses both halves, one single input is tried; refused too, the
+        request itself is at fault (a setting the model refuses) and that is raised, instead
+        of a request per row."""
+        if len(batch) == 1:
+            with self._lock:
+                self.results.errors[batch[0].owner] = str(refused)
+            return
         half = len(batch) // 2
-        self.send(batch[:half])
-        self.send(batch[half:])
+        halves = [batch[:half], batch[half:]]
+        errors = [self.attempt(h) for h in halves]
+        if all(errors) and not self.stage.accepted:
+            single = min(batch, key=lambda p: len(p.text))
+            alone = self.attempt([single])
+            if alone is not None:
+                msg = f"the server refuses every part of the request, even one input alone: {alone}"
+                raise RequestRefusedError(msg, status_code=alone.status_code)
+            halves = [[p for p in h if p is not single] for h in halves]
+        for part, error in zip(halves, errors):
+            if error is not None and part:
+                self.bisect(part, error)
 
     def on_retry(self, exc: BaseException) -> None:
         with self._lock:
@@ -361,6 +392,11 @@ class Fetch:
                 norms = np.linalg.norm(res.vectors[chunked], axis=1, keepdims=True)
                 res.vectors[chunked] /= np.where(norms > 0, norms, 1.0)
             items = [(self.keys[i], res.vectors[i], int(res.tokens[i])) for i in done.tolist()]
-        self.cache.set_many(items, tag=self.stage.tag)
+        try:
+            self.cache.set_many(items, tag=self.stage.tag)
+        except CacheError as exc:  # paid for: returned all the same, and said once
+            with self._lock:
+                self.stats.uncached += len(items)
+            self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
         if self.on_stored is not None:
             self.on_stored(items, done.tolist(), result.billed_tokens)

@@ -9,6 +9,7 @@ and the others wait for its answer, so a run starts at the quota instead of stor
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -101,6 +102,8 @@ class RateLimiter:
                     limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
                     remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
                     attr, level = ("rpm", "_req") if kind == "requests" else ("tpm", "_tok")
+                    if limit is not None and limit < 1:
+                        limit = None  # "0 per minute" cannot be a quota; a header that says so is ignored
                     if limit and attr not in self._configured:
                         if getattr(self, attr) is None:  # first sight: start from what is left
                             setattr(self, level, float(remaining if remaining is not None else limit))
@@ -167,10 +170,12 @@ class RateLimiter:
 
 
 def _number(value: str | None) -> float | None:
+    """A header's number, if it is one a quota can be: finite and not negative."""
     try:
-        return float(value) if value is not None else None
+        number = float(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) and number >= 0 else None
 
 
 class AdaptiveConcurrency:

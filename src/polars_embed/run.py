@@ -300,13 +300,19 @@ class Call:
                               duplicate_hits=self.plan.n_rows - self.plan.n_blank - n_texts)
 
     def lookup(self, idx: np.ndarray) -> np.ndarray:
-        """Fill the results of the cached texts among ``idx``; which of ``idx`` were found."""
+        """Fill the results of the cached texts among ``idx``; which of ``idx`` were found.
+        A value of the wrong size or not finite is a damaged entry: a miss, fetched again."""
+        damaged_before = getattr(self.cache, "damaged", 0)
         found = self.cache.get_many([self.keys[i] for i in idx]) if len(idx) else []
-        where = [i for i, value in zip(idx.tolist(), found) if value is not None]
+        dim = self.res.vectors.shape[1]
+        good = [v is not None and v[0].shape == (dim,) and bool(np.isfinite(v[0]).all()) and v[0].any() for v in found]
+        self.stats.cache_damaged += sum(v is not None and not ok for v, ok in zip(found, good))
+        self.stats.cache_damaged += getattr(self.cache, "damaged", 0) - damaged_before
+        where = [i for i, ok in zip(idx.tolist(), good) if ok]
         if where:
-            self.res.vectors[where] = np.stack([value[0] for value in found if value is not None])
-            self.res.tokens[where] = [value[1] for value in found if value is not None]
-        return np.array([value is not None for value in found], dtype=bool)
+            self.res.vectors[where] = np.stack([v[0] for v, ok in zip(found, good) if ok])  # type: ignore[index]
+            self.res.tokens[where] = [v[1] for v, ok in zip(found, good) if ok]  # type: ignore[index]
+        return np.array(good, dtype=bool)
 
     def account(self, price: float, wall_seconds: float) -> tuple[np.ndarray, list[Failure]]:
         """Complete the call's figures; returns its hit rows and its failures."""

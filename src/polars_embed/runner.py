@@ -8,6 +8,7 @@ server's message.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,10 +57,16 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         value = headers.get(name)
         if value is not None:
             try:
-                return max(0.0, float(value) * scale)
+                seconds = float(value) * scale
             except ValueError:
                 continue
+            if math.isfinite(seconds):  # "inf" or "nan" is no answer: back off instead
+                return max(0.0, seconds)
     return None
+
+
+#: The longest wait between two attempts, and the longest pause a 429 may impose (seconds).
+MAX_WAIT = 60.0
 
 
 class wait_retry_after:
@@ -72,9 +79,8 @@ class wait_retry_after:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         asked = retry_after_seconds(exc) if exc is not None else None
-        if asked is not None:
-            return min(self.max_wait, asked)
-        return float(self.fallback(state))
+        wait = asked if asked is not None else float(self.fallback(state))
+        return min(self.max_wait, wait)
 
 
 class Runner:
@@ -93,7 +99,9 @@ class Runner:
         tpm: float | None = None,
         limiter: Limiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
+        self.redact = redact  # removes the API key from what a server says
         self.max_workers = max_workers
         self.max_attempts = max_attempts
         self.max_retry_seconds = max_retry_seconds
@@ -147,14 +155,15 @@ class Runner:
                 headers = getattr(response, "headers", None) or {}
                 self.limiter.observe({k.lower(): v for k, v in headers.items()})
                 asked = retry_after_seconds(exc)
-                if asked:
-                    self.limiter.pause(asked)
+                if asked:  # never longer than the retries may take, nor than the longest wait
+                    self.limiter.pause(min(asked, self.max_retry_seconds, MAX_WAIT))
             if on_retry is not None:
                 on_retry(exc)
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
-            wait=wait_retry_after(wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5)),
+            wait=wait_retry_after(wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5),
+                                 min(MAX_WAIT, self.max_retry_seconds)),
             retry=retry_if_exception(is_retryable),
             sleep=self.sleep,
             before_sleep=before_sleep,
@@ -179,18 +188,22 @@ class Runner:
             return retrying(attempt)
         except PolarsEmbedError:
             raise
-        except Exception as exc:
-            raise to_provider_error(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - every failure of the client becomes one ProviderError
+            # not chained: the client's exception quotes the server, which may quote the key
+            raise to_provider_error(exc, self.redact) from None
 
 
-def to_provider_error(exc: BaseException) -> ProviderError:
+def to_provider_error(exc: BaseException, redact: Callable[[str], str] | None = None) -> ProviderError:
     status = status_of(exc)
     message = server_message(exc)
+    if redact is not None:
+        message = redact(message)
     if is_retryable(exc):
         text = f"request still failing after retries: {message}"
     else:
         text = f"the server refused the request ({status}): {message}"
-    return ProviderError(text, status_code=status)
+    return ProviderError(text, status_code=status,
+                         blames_input=status in (400, 422) or isinstance(exc, MalformedResponse))
 
 
 def server_message(exc: BaseException) -> str:

@@ -26,6 +26,8 @@ class RunStats:
     retries: int = 0
     rate_limited: int = 0  # 429 answers
     failed_rows: int = 0
+    cache_damaged: int = 0  # damaged cache entries met (read as misses, fetched again, overwritten)
+    uncached: int = 0  # texts paid for that could not be written to the cache (full or read-only)
     wall_seconds: float = 0.0
 
     def add(self, other: RunStats) -> None:

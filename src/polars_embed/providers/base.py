@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ..errors import ConfigurationError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -25,8 +27,17 @@ class Limits:
 
     max_inputs: int = 2048
     max_request_tokens: int = 300_000
-    max_input_tokens: int = 8192
+    max_input_tokens: int = 8191  # OpenAI's documented limit (its errors say 8,192: 8,191 is safe under both)
     encoding_format: Literal["base64", "float"] = "base64"
+
+    def __post_init__(self) -> None:
+        from ..validate import check_number
+
+        for name in ("max_inputs", "max_request_tokens", "max_input_tokens"):
+            check_number(f"Limits.{name}", getattr(self, name), at_least=1)
+        if self.encoding_format not in ("base64", "float"):
+            msg = f"Limits.encoding_format must be 'base64' or 'float', got {self.encoding_format!r}"
+            raise ConfigurationError(msg)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import json
 import os
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,15 @@ class OpenAIProvider:
                     )
         return self._client
 
+    def redact(self, text: str) -> str:
+        """``text`` without the API key: not whole, and not as a server masks it (a few
+        characters of each end around stars, as OpenAI quotes a wrong key)."""
+        key = self._api_key or os.environ.get("OPENAI_API_KEY") or ""
+        if len(key) < 8:
+            return text.replace(key, "[key]") if key else text
+        text = text.replace(key, "[key]")
+        return re.sub(rf"\S*{re.escape(key[-4:])}\b", "[key]", text)
+
     def prepare(self) -> None:
         """Build the client ahead of the first request (about 0.1 s: an HTTP client and an
         SSL context); a missing key is raised by the request itself, not here."""
@@ -148,18 +158,25 @@ class OpenAIProvider:
         kwargs["encoding_format"] = self.limits.encoding_format
         raw = self.client().embeddings.with_raw_response.create(**kwargs)
         headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith(("x-ratelimit", "retry-after"))}
-        vectors, billed = parse_body(raw.content, len(texts), self.dimensions)
+        vectors, billed = parse_body(raw.content, len(texts), self.dimensions, len(texts) * self.limits.max_input_tokens)
         return BatchResult(vectors, billed, headers)
 
 
-def parse_body(content: bytes, n: int, dim: int) -> tuple[np.ndarray, int]:
-    """Decode an embeddings response body into an ``(n, dim)`` float32 array by ``index``."""
+def parse_body(content: bytes, n: int, dim: int, max_tokens: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode an embeddings response body into an ``(n, dim)`` float32 array by ``index``.
+
+    An answer that cannot be true is malformed (retried, never cached): a vector that is not
+    finite or is all zeros, a usage below zero or above ``max_tokens`` (``n`` inputs at the
+    per-input limit)."""
     try:
         body = json.loads(content)
         data = body["data"]
-        billed = int(body["usage"]["prompt_tokens"])
-    except (ValueError, KeyError, TypeError) as exc:
+        usage = body["usage"]["prompt_tokens"]
+        billed = int(usage)
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise MalformedResponse(f"response body is not an embeddings result ({exc})") from exc
+    if billed != usage or billed < 0 or (max_tokens is not None and billed > max_tokens):
+        raise MalformedResponse(f"response bills {usage!r} tokens for {n} inputs, which cannot be")
     if len(data) != n:
         raise MalformedResponse(f"response has {len(data)} vectors for {n} inputs")
     out = np.empty((n, dim), dtype=np.float32)
@@ -181,4 +198,7 @@ def parse_body(content: bytes, n: int, dim: int) -> tuple[np.ndarray, int]:
             raise MalformedResponse(f"response vector has {vec.size} dimensions, expected {dim}")
         out[idx] = vec
         seen[idx] = True
+    bad = ~np.isfinite(out).all(axis=1) | ~out.any(axis=1)
+    if bad.any():
+        raise MalformedResponse(f"response vector {int(np.argmax(bad))} is not finite or is all zeros")
     return out, billed

@@ -72,6 +72,11 @@ class Faults:
     hang_seconds: float = 30.0
     poison: list[str] = field(default_factory=list)  # a request with an input containing one -> 400
     fail_after: int | None = None  # every request after this many answers 500 (a permanent fault)
+    refuse_all: str | None = None  # every request answers 400 with this message (a setting the model refuses)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer (what a server may say)
+    bad_vectors: dict[str, str] = field(default_factory=dict)  # input containing key -> "nan", "inf" or "zero"
+    usage: float | None = None  # prompt_tokens to report instead of the real count
+    echo_key: str | None = None  # "full" or "masked": 400s quote the caller's key, as some servers do
     seed: int = 0
 
 
@@ -300,18 +305,23 @@ class EmbeddingServer:
             return 400, {}, _error(msg, "max_tokens_per_request"), None, None
         with self._lock:
             faults = self.faults
+            if faults.refuse_all is not None:
+                return 400, dict(faults.headers), _error(faults.refuse_all, None), None, None
             if any(p in t for p in faults.poison for t in texts):
-                return 400, {}, _error("'$.input' is invalid: input contains a forbidden sequence.", None), None, None
+                msg = "'$.input' is invalid: input contains a forbidden sequence." + _echo(faults.echo_key, auth)
+                return 400, dict(faults.headers), _error(msg, None), None, None
             self._seen += 1
             if faults.fail_after is not None and self._seen > faults.fail_after:
                 return 500, {}, _error("The server is down.", None), "down", None
             limited, headers = self._take(total)
             roll = {name: self._rng.random() < getattr(faults, name) for name in (
                 "storm_429", "error_5xx", "hang", "drop", "bad_json", "short", "shuffle", "wrong_dim")}
+        headers.update(faults.headers)
         if limited is not None:
             return 429, {**headers, **limited}, _error("Rate limit reached for requests. Please try again later.", "rate_limit_exceeded"), "ratelimit", None
         if roll["storm_429"]:
             extra = {"retry-after": "0.05", "retry-after-ms": "50"} if faults.storm_retry_after else {}
+            extra.update(faults.headers)
             return 429, extra, _error("Rate limit reached. Please try again later.", "rate_limit_exceeded"), "storm_429", None
         if roll["error_5xx"]:
             return 500, {}, _error("The server had an error while processing your request.", None), "5xx", None
@@ -326,6 +336,10 @@ class EmbeddingServer:
             return 200, {}, None, "drop", processed
         vdim = dim - 1 if roll["wrong_dim"] else dim
         vectors = server_vectors(model, dim, texts)[:, :vdim]
+        for i, t in enumerate(texts):
+            kind = next((k for needle, k in faults.bad_vectors.items() if needle in t), None)
+            if kind is not None:
+                vectors[i] = {"nan": np.nan, "inf": np.inf, "zero": 0.0}[kind]
         data = [
             {"object": "embedding", "index": i, "embedding": _encode(vec, req.get("encoding_format"))}
             for i, vec in enumerate(vectors)
@@ -336,8 +350,9 @@ class EmbeddingServer:
             fault = "short"
         if roll["shuffle"]:
             self._rng.shuffle(data)  # indices stay right: a correct client copes
+        billed = total if faults.usage is None else faults.usage
         payload = json.dumps({"object": "list", "data": data, "model": model,
-                              "usage": {"prompt_tokens": total, "total_tokens": total}}).encode()
+                              "usage": {"prompt_tokens": billed, "total_tokens": billed}}).encode()
         if roll["bad_json"]:
             payload = payload[: len(payload) // 2]
             fault = "bad_json"
@@ -378,6 +393,16 @@ def _encode(vec: np.ndarray, fmt: str | None) -> Any:
     if fmt == "base64":
         return base64.b64encode(vec.astype("<f4").tobytes()).decode()
     return [float(x) for x in vec]
+
+
+def _echo(how: str | None, auth: str | None) -> str:
+    """A server quoting the caller's key back: whole, or masked as OpenAI does."""
+    key = (auth or "").removeprefix("Bearer ")
+    if how == "full":
+        return f" (key {key})"
+    if how == "masked":
+        return f" (key {key[:3]}{'*' * max(0, len(key) - 7)}{key[-4:]})"
+    return ""
 
 
 def _error(message: str, code: str | None) -> bytes:
