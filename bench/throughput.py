@@ -44,7 +44,7 @@ from corpus import corpus
 
 from polars_embed import Embedder, Limits
 from polars_embed.cache import DiskCache
-from polars_embed.plan import content_keys, key_prefix, make_plan
+from polars_embed.plan import content_keys, make_plan
 from polars_embed.testing import server_vector
 
 MODEL = "text-embedding-3-small"
@@ -116,9 +116,11 @@ def langchain_run(texts: list[str], dims: int, store: str) -> float | None:
 def raw_floor(texts: list[str], dims: int, cache_dir: str) -> float:
     """Content hash + cache read + assembling the Array column: nothing else."""
     cache = DiskCache(cache_dir)
+    prefix = Embedder(MODEL, base_url=BASE + "/v1", api_key="bench", dimensions=dims, cache=False,
+                      ledger=False).key_prefix()
     t = time.perf_counter()
     plan = make_plan(pl.Series("text", texts))
-    keys = content_keys(plan.texts, key_prefix("openai", MODEL, dims))
+    keys = content_keys(plan.texts, prefix)
     values = cache.get_many(keys)
     mat = np.stack([v[0] for v in values])[plan.inverse]
     pl.Series("embedding", pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), dims))

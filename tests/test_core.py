@@ -204,9 +204,9 @@ def test_function_runs_once_per_slice(make_embedder, server):
     calls = []
     original = emb.evaluate
 
-    def counting(series, rows, run, **kw):
+    def counting(series, *args, **kw):
         calls.append(len(series))
-        return original(series, rows, run, **kw)
+        return original(series, *args, **kw)
 
     emb.evaluate = counting  # type: ignore[method-assign]
     df = pl.DataFrame({"text": [f"t{i}" for i in range(1000)]})

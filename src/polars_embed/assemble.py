@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 
-def hit_rows(plan: Plan, from_cache: np.ndarray) -> np.ndarray:
-    """Rows for which nothing was paid: a cached text, or a repeat of an earlier row."""
+def hit_rows(plan: Plan, from_cache: np.ndarray, failed: list[int] | None = None) -> np.ndarray:
+    """Rows for which nothing was paid and a vector came back: a cached text, or a repeat
+    of an earlier row (a failed text's rows are neither hits nor misses)."""
     inv = plan.inverse
     rows = np.flatnonzero(inv >= 0)
     if not len(rows):
@@ -22,6 +23,8 @@ def hit_rows(plan: Plan, from_cache: np.ndarray) -> np.ndarray:
     first = np.zeros(plan.n_rows, dtype=bool)
     first[plan.first_row] = True
     keep = from_cache[inv[rows]] | ~first[rows]
+    if failed:
+        keep &= ~np.isin(inv[rows], failed)
     return rows[keep]
 
 
@@ -42,7 +45,7 @@ def assemble(plan: Plan, res: Results, hits: np.ndarray, name: str, *, with_erro
     row_cost[plan.first_row] = res.cost
     columns: dict[str, Any] = {
         name: pl.Series(name, arr, dtype=pl.Array(pl.Float32, dim)),
-        f"{name}_cache_hit": pl.Series(f"{name}_cache_hit", hit).scatter(np.flatnonzero(~valid), None),
+        f"{name}_cache_hit": pl.Series(f"{name}_cache_hit", hit).scatter(np.flatnonzero(failed[idx]), None),
         f"{name}_tokens": pl.Series(f"{name}_tokens", np.append(res.tokens, 0)[idx].astype(np.uint32)),
         f"{name}_cost_usd": pl.Series(f"{name}_cost_usd", row_cost),
     }

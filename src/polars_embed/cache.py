@@ -387,6 +387,15 @@ class MemoryCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            return {"max_bytes": self.max_bytes, "data": list(self._data.items())}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_bytes"])  # type: ignore[misc]
+        self._data.update(state["data"])
+        self._bytes = sum(len(v) for v in self._data.values())
+
     def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
         with self._lock:
             raws = [self._data.get(k) for k in keys]

@@ -30,7 +30,16 @@ from .pack import Sizing
 from .plan import as_text, content_keys, key_prefix, make_plan
 from .pricing import price_for
 from .providers import make_provider
-from .run import Call, CallProgress, Failure, Run, failures_frame, rows_failed, run_status
+from .run import (
+    Call,
+    CallProgress,
+    Failure,
+    Run,
+    SliceMemo,
+    failures_frame,
+    rows_failed,
+    run_status,
+)
 from .runner import Runner
 from .stats import RunStats, StatsBook
 from .validate import check_settings
@@ -81,6 +90,9 @@ class Embedder:
         requests/tokens per minute to stay under (or a ``Limiter`` object to share).
     timeout, max_attempts, max_retry_seconds
         Per-request timeout, and the retry bounds.
+    cache_namespace
+        Part of the cache key; default: the endpoint of a server other than OpenAI's (a
+        model name there says nothing certain about the model), empty for OpenAI's.
     ledger, source
         Where each run writes its record (the cache's ledger, else the default cache
         directory; a path; ``False`` for none), and the name it is recorded under.
@@ -109,6 +121,7 @@ class Embedder:
         provider: Provider | None = None,
         ledger: str | os.PathLike[str] | bool | None = None,
         source: str = "embed_column",
+        cache_namespace: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         for setting, value, allowed in (("on_long_input", on_long_input, ("truncate", "chunk", "error")),
@@ -127,6 +140,7 @@ class Embedder:
         self.cache = open_cache(cache)
         self.ledger = open_ledger(ledger, self.cache)
         self.source = source
+        self.cache_namespace = cache_namespace
         self.on_long_input = on_long_input
         self.on_error = on_error
         self.price = price_for(self.provider, price_per_million)
@@ -156,7 +170,7 @@ class Embedder:
         return self.provider.dimensions
 
     def __repr__(self) -> str:
-        return f"Embedder(provider={self.provider!r}, cache={self.cache!r})"
+        return f"Embedder(provider={self.provider!r}, cache={self.cache!r})"  # never the key
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -167,6 +181,11 @@ class Embedder:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_state()
+
+    def key_prefix(self) -> Any:
+        """The cache keys' hasher for this embedder's texts (see ``plan.py``)."""
+        namespace = getattr(self.provider, "cache_namespace", "") if self.cache_namespace is None else self.cache_namespace
+        return key_prefix(self.provider.name, self.model, self.dimensions, namespace)
 
     def metadata(self) -> dict[str, str]:
         """Key-value metadata for files written from this embedder's output."""
@@ -228,7 +247,7 @@ class Embedder:
     def run(self, source: str | None = None) -> Iterator[Run]:
         """Everything this embedder embeds inside the block is one run: one set of figures,
         one list of failures, one ledger record (with how the block ended)."""
-        with self._ending(self.start_run(source, block=True)) as run:
+        with self.ending(self.start_run(source, block=True)) as run:
             try:
                 yield run
             finally:
@@ -236,7 +255,7 @@ class Embedder:
                     self._scope = None
 
     @contextlib.contextmanager
-    def _ending(self, run: Run) -> Iterator[Run]:
+    def ending(self, run: Run) -> Iterator[Run]:
         """Close ``run`` when the block ends, with how it ended."""
         status = "ok"
         try:
@@ -247,10 +266,11 @@ class Embedder:
         finally:
             self._stats.add(run.close(status))
 
-    def start_run(self, source: str | None = None, *, block: bool = False) -> Run:
+    def start_run(self, source: str | None = None, *, block: bool = False, open_ended: bool = False) -> Run:
         """A new run that writes its ledger record as it goes (``close()`` ends it); with
-        ``block``, the run every call joins until it is closed (``run()``)."""
-        run = Run(source or self.source, record=self._save)
+        ``block``, the run every call joins until it is closed (``run()``); ``open_ended``:
+        an expression's, never closed, whose status is that of its last slice."""
+        run = Run(source or self.source, record=self._save, open_ended=open_ended)
         with self._lock:
             if block and self._scope is not None:
                 msg = "a run of this Embedder is already open; use another Embedder for a concurrent run"
@@ -262,8 +282,7 @@ class Embedder:
         return run
 
     def current_run(self) -> Run | None:
-        """The open ``with embedder.run()`` block, if any."""
-        return self._scope
+        return self._scope  # the open `with embedder.run()` block, if any
 
     def _save(self, run: Run) -> None:
         """Write ``run``'s ledger record; best effort: a result is never lost to the ledger."""
@@ -305,23 +324,24 @@ class Embedder:
         run = run or self._scope
         if run is not None:
             return self._call(series, run, name=name, column=column, rows=rows)
-        with self._ending(self.start_run()) as own:
+        with self.ending(self.start_run()) as own:
             return self._call(series, own, name=name, column=column, rows=rows)
 
-    def evaluate(self, series: pl.Series, rows: pl.Series | None, run: Run, *, name: str, column: str) -> pl.DataFrame:
-        """One evaluation of an expression by Polars, as a slice of ``run``. A slice
-        evaluated again (``.over()``, a struct field each) is answered from its first
-        evaluation: the vectors from the cache, every other column as it was, so nothing is
-        paid or counted twice."""
+    def evaluate(self, series: pl.Series, rows: pl.Series | None, run: Run, memo: SliceMemo, *, name: str,
+                 column: str) -> pl.DataFrame:
+        """One evaluation of an expression by Polars, as a slice of ``run``. A slice the
+        expression evaluates again (``.over()``, a struct field each) is answered from its
+        first evaluation: the vectors from the cache, every other column as it was, so
+        nothing is paid or counted twice."""
         row_numbers = None if rows is None else rows.to_numpy()
-        key, entry, first = run.memo.enter([series] if rows is None else [series, rows])
+        key, entry, first = memo.enter([series] if rows is None else [series, rows])
         if first:
             try:
                 out = self._call(series, run, name=name, column=column, rows=row_numbers)
             except BaseException as exc:
-                run.memo.leave(key, entry, None, exc)
+                memo.leave(key, entry, None, exc)
                 raise
-            run.memo.leave(key, entry, out.drop(name), None)
+            memo.leave(key, entry, out.drop(name), None)
             return out
         if entry.error is not None:
             raise entry.error
@@ -337,9 +357,9 @@ class Embedder:
     def _plan(self, series: pl.Series, run: Run, column: str, rows: np.ndarray | None) -> Call:
         """Plan one slice and look its texts up in the cache."""
         plan = make_plan(as_text(series, column))
-        keys = content_keys(plan.texts, key_prefix(self.provider.name, self.model, self.dimensions))
+        keys = content_keys(plan.texts, self.key_prefix())
         c = Call(plan, keys, Results.empty(len(plan.texts), self.dimensions), run, run.cache_for(self.cache),
-                 column, rows)
+                 column, rows, released=self._inflight.released)
         c.from_cache = c.lookup(np.arange(len(keys)))
         return c
 
@@ -366,13 +386,18 @@ class Embedder:
         """Fetch the texts ``wanted``; those another call is fetching right now are waited
         for, not paid twice (and fetched here if that call failed on them)."""
         claim, mine, theirs = self._inflight.claim(c.keys, np.flatnonzero(wanted))
+        fetched = np.asarray(mine, dtype=np.int64)
+        if self._inflight.released != c.released and len(fetched):  # a fetch ended since the lookup
+            found = c.lookup(fetched)
+            c.from_cache[fetched[found]] = True
+            fetched = fetched[~found]
 
         def stored(items: list[Item], done: list[int], billed: int) -> None:
             self._inflight.publish(claim, items)
             progress.done(done, billed, billed * self.price / 1e6)
 
-        c.stats.misses += len(mine)
-        fetch = Fetch(self.stage, c.cache, c.plan.texts, c.keys, np.asarray(mine, dtype=np.int64), c.res, c.stats,
+        c.stats.misses += len(fetched)
+        fetch = Fetch(self.stage, c.cache, c.plan.texts, c.keys, fetched, c.res, c.stats,
                       describe=lambda i: Failure(c.row(i), c.plan.texts[i], "").where(c.column),
                       on_stored=stored, stop=c.run.stopping)
         try:

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from .fetch import schedule
-from .plan import as_text, content_keys, key_prefix, make_plan
+from .plan import as_text, content_keys, make_plan
 from .tokens import prepare_inputs
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
     (``fetch.schedule``), the quota probe of a first call included."""
     est = Estimate()
     seen: set[bytes] = set()
-    prefix = key_prefix(embedder.provider.name, embedder.model, embedder.dimensions)
+    prefix = embedder.key_prefix()
     stage = embedder.stage
     network = stage.provider.waits_on_network
     probe = network and not stage.runner.limiter.knows_quota

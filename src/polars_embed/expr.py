@@ -10,6 +10,7 @@ every expression of that embedder belongs to the block's run instead.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +18,11 @@ import polars as pl
 
 from .embedder import Embedder
 from .io import atomic_file
+from .run import SliceMemo
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Iterator
 
     from .run import Run
 
@@ -81,37 +84,41 @@ def embed_column(
     return embedder.expr(column, name=name)
 
 
-class _ExpressionRun:
-    """The run of one expression, started by the first slice Polars evaluates."""
+class _Query:
+    """What one expression shares across the slices Polars evaluates it on: its run (the open
+    ``run()`` block's, the one a helper gives it, or its own, started by the first slice),
+    and the memo that recognises a slice evaluated again."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, run: Run | None = None) -> None:
         self.embedder = embedder
-        self.run: Run | None = None
+        self.run = run
+        self.memo = SliceMemo()
         self._lock = threading.Lock()
 
-    def get(self) -> Run:
-        scope = self.embedder.current_run()
-        if scope is not None:
-            return scope
+    def current(self) -> Run:
+        block = self.embedder.current_run()
+        if block is not None and self.run is None:
+            return block
         with self._lock:
             if self.run is None:
-                self.run = self.embedder.start_run()
+                self.run = self.embedder.start_run(open_ended=True)
             return self.run
 
 
 def embedder_expr(emb: Embedder, column: str | pl.Expr, *, name: str = "embedding",
-                  row_index: str | None = None) -> pl.Expr:
+                  row_index: str | None = None, run: Run | None = None) -> pl.Expr:
     """``embed_column``'s expression for ``emb``. With ``row_index`` (a column of frame row
     numbers) failures name their rows; without it, a slice cannot know where it starts,
-    so they name their text."""
+    so they name their text. One expression is one query: build it in the call (an
+    expression reused for a second collect would answer its slices as repeats)."""
     col = pl.col(column) if isinstance(column, str) else column
     label = column if isinstance(column, str) else _expr_name(column)
     dtype = pl.Struct(emb.output_fields(name))
-    owner = _ExpressionRun(emb)
+    query = _Query(emb, run)
 
     def evaluate(s: pl.Series) -> pl.Series:
         texts, rows = (s, None) if row_index is None else (s.struct.field("text"), s.struct.field("row"))
-        return emb.evaluate(texts, rows, owner.get(), name=name, column=label).to_struct(name)
+        return emb.evaluate(texts, rows, query.current(), query.memo, name=name, column=label).to_struct(name)
 
     source = col if row_index is None else pl.struct(col.alias("text"), pl.col(row_index).alias("row"))
     # return_dtype: Polars never calls us on dummy data (that would be a paid request).
@@ -119,25 +126,36 @@ def embedder_expr(emb: Embedder, column: str | pl.Expr, *, name: str = "embeddin
     return source.map_batches(evaluate, return_dtype=dtype, is_elementwise=True).struct.unnest()
 
 
-def _with_rows(emb: Embedder, frame: pl.DataFrame | pl.LazyFrame, column: str, name: str) -> pl.LazyFrame:
-    lf = frame.lazy()
-    return lf.with_row_index(_ROW).with_columns(embedder_expr(emb, column, name=name, row_index=_ROW)).drop(_ROW)
+@contextlib.contextmanager
+def _helper_run(emb: Embedder) -> Iterator[Run]:
+    """The run of one helper call: the open ``run()`` block's, else its own, closed at the end."""
+    block = emb.current_run()
+    if block is not None:
+        yield block
+        return
+    with emb.ending(emb.start_run()) as run:
+        yield run
+
+
+def _with_rows(emb: Embedder, frame: pl.DataFrame | pl.LazyFrame, column: str, name: str, run: Run) -> pl.LazyFrame:
+    expr = embedder_expr(emb, column, name=name, row_index=_ROW, run=run)
+    return frame.lazy().with_row_index(_ROW).with_columns(expr).drop(_ROW)
 
 
 def collect(emb: Embedder, frame: pl.DataFrame | pl.LazyFrame, column: str, *, name: str = "embedding",
             engine: Any = "auto") -> pl.DataFrame:
     """``frame`` with the output columns of ``column`` added, collected as one run whose
     failures name their row in ``frame``."""
-    with emb.run():
-        return _with_rows(emb, frame, column, name).collect(engine=engine)
+    with _helper_run(emb) as run:
+        return _with_rows(emb, frame, column, name, run).collect(engine=engine)
 
 
 def sink_parquet(emb: Embedder, frame: pl.DataFrame | pl.LazyFrame, column: str, path: str | os.PathLike[str], *,
                  name: str = "embedding") -> None:
     """Stream ``frame`` with the output columns into the Parquet file ``path`` as one run:
     bounded memory, provenance metadata, and the file replaced only when complete."""
-    with emb.run(), atomic_file(path) as tmp:
-        _with_rows(emb, frame, column, name).sink_parquet(tmp, metadata=emb.metadata(), engine="streaming")
+    with _helper_run(emb) as run, atomic_file(path) as tmp:
+        _with_rows(emb, frame, column, name, run).sink_parquet(tmp, metadata=emb.metadata(), engine="streaming")
 
 
 def _expr_name(expr: pl.Expr) -> str:

@@ -338,10 +338,10 @@ class Fetch:
     def bisect(self, batch: list[Piece], refused: ProviderError) -> None:
         """A request refused for one of its inputs: each half is sent again, down to the row.
 
-        Only while the server is known to take requests: when it has taken none of this
-        embedder's yet and refuses both halves, one single input is tried; refused too, the
-        request itself is at fault (a setting the model refuses) and that is raised, instead
-        of a request per row."""
+        While the server has taken none of this embedder's requests, a refusal may be of
+        the request itself (a setting the model refuses): when both halves are refused then,
+        only the first is followed down; if nothing in it is taken either, the request is at
+        fault and that is raised, after a request per halving instead of one per row."""
         if len(batch) == 1:
             with self._lock:
                 self.results.errors[batch[0].owner] = str(refused)
@@ -350,14 +350,13 @@ class Fetch:
         halves = [batch[:half], batch[half:]]
         errors = [self.attempt(h) for h in halves]
         if all(errors) and not self.stage.accepted:
-            single = min(batch, key=lambda p: len(p.text))
-            alone = self.attempt([single])
-            if alone is not None:
-                msg = f"the server refuses every part of the request, even one input alone: {alone}"
-                raise RequestRefusedError(msg, status_code=alone.status_code)
-            halves = [[p for p in h if p is not single] for h in halves]
+            self.bisect(halves[0], errors[0])  # type: ignore[arg-type]
+            if not self.stage.accepted:
+                msg = f"the server refuses every part of the request, down to one input alone: {errors[0]}"
+                raise RequestRefusedError(msg, status_code=refused.status_code)
+            halves, errors = halves[1:], errors[1:]
         for part, error in zip(halves, errors):
-            if error is not None and part:
+            if error is not None:
                 self.bisect(part, error)
 
     def on_retry(self, exc: BaseException) -> None:

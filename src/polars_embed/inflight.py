@@ -35,6 +35,9 @@ class InFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[bytes, Claim] = {}
+        #: Fetches ended so far. A call that looked the cache up before another fetch ended
+        #: may claim a text that fetch has just stored: it looks its claimed texts up again.
+        self.released = 0
 
     def claim(self, keys: list[bytes], indices: np.ndarray) -> tuple[Claim, list[int], list[tuple[int, Claim]]]:
         """Split ``indices`` into the ones this call fetches (under the returned claim) and
@@ -64,4 +67,5 @@ class InFlight:
         with self._lock:
             for key in keys:
                 self._pending.pop(key, None)
+            self.released += 1
         claim.done.set()

@@ -2,12 +2,15 @@
 
 Content key (``KEY_VERSION`` 1)::
 
-    sha256( b"polars-embed/1" NUL provider NUL model NUL dimensions NUL utf-8 text )
+    sha256( b"polars-embed/1" NUL provider[@namespace] NUL model NUL dimensions NUL utf-8 text )
 
 Exactly what determines the vector goes in: the provider family ("openai" for every
 OpenAI-compatible server, "local" for the offline model), the model name, the output
-dimensions and the exact text. Nothing else does: not the API key, not the base URL (a
-proxy or a mirror of the same model gives the same vector), not the token count. Bump
+dimensions and the exact text -- and, for a server other than OpenAI's, a namespace: its
+endpoint (``scheme://host:port/path``, without credentials), because on such servers a model
+name says nothing certain about the model behind it. ``cache_namespace=`` sets it (the same
+label on two endpoints that serve the same model shares their entries; ``""`` shares with
+OpenAI's). Not in the key: the API key, credentials in the URL, the token count. Bump
 ``KEY_VERSION`` if the meaning of a stored vector ever changes.
 """
 
@@ -24,10 +27,12 @@ from .errors import ColumnTypeError
 KEY_VERSION = 1
 
 
-def key_prefix(provider: str, model: str, dimensions: int) -> hashlib._Hash:
-    """A hasher already fed with everything but the text; ``.copy()`` it per text."""
+def key_prefix(provider: str, model: str, dimensions: int, namespace: str = "") -> hashlib._Hash:
+    """A hasher already fed with everything but the text; ``.copy()`` it per text. (A provider
+    family never contains "@", so a namespaced key cannot equal one without.)"""
     h = hashlib.sha256()
-    h.update(f"polars-embed/{KEY_VERSION}\0{provider}\0{model}\0{dimensions}\0".encode())
+    family = f"{provider}@{namespace}" if namespace else provider
+    h.update(f"polars-embed/{KEY_VERSION}\0{family}\0{model}\0{dimensions}\0".encode())
     return h
 
 

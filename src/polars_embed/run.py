@@ -1,15 +1,16 @@
 """A run: what a user asked for in one go, however Polars slices it.
 
-One ``Embedder.embed()`` call, one expression (every slice of every frame Polars evaluates
-it on, in any engine), one ``with embedder.run():`` block, or one ``polars-embed run`` is
-one run: one set of figures (``Embedder.stats()``), one list of failed rows
-(``Embedder.last_failures``) and one ledger record, updated as its slices finish.
+One ``Embedder.embed()`` call, one expression (every slice Polars evaluates it on, in any
+engine), one ``collect``/``sink_parquet`` helper call, one ``with embedder.run():`` block
+(everything the embedder embeds while it is open, from any thread), or one
+``polars-embed run`` is one run: one set of figures (``Embedder.stats()``), one list of
+failed rows (``Embedder.last_failures``) and one ledger record, updated as its slices finish.
 
-Polars may evaluate the same slice more than once (``.over()``, once per struct field when
-common-subexpression elimination is off). A run recognises a slice it has already
-embedded by the identity of its input buffers and answers with the first evaluation's
-accounting, so nothing is paid twice and the per-row columns stay true: the rows that paid
-are not reported as hits, and the cost column sums to the bill.
+Polars may evaluate the same slice of one query more than once (``.over()``, once per
+struct field when common-subexpression elimination is off). An expression's ``SliceMemo``
+recognises a slice it has already embedded by the identity of its input buffers and answers
+with the first evaluation's accounting, so nothing is paid twice and the per-row columns
+stay true: the rows that paid are not reported as hits, and the cost column sums to the bill.
 """
 
 from __future__ import annotations
@@ -96,14 +97,14 @@ def run_status(exc: BaseException) -> str:
 class Run:
     """The figures, failures and ledger record of one run (see the module docstring)."""
 
-    def __init__(self, source: str, *, record: Callable[[Run], None] | None = None) -> None:
+    def __init__(self, source: str, *, record: Callable[[Run], None] | None = None, open_ended: bool = False) -> None:
         self.run_id = uuid.uuid4().hex
         self.source = source
         self.started_at = time.time()
         self.ended_at: float | None = None
+        self.open_ended = open_ended  # an expression's run: never closed, its status is its last slice's
         self.status = "running"
         self.stats = RunStats()
-        self.memo = SliceMemo()
         #: Called with the figures of each finished request (and of each slice's hits).
         self.on_progress: Callable[[RunStats], None] | None = None
         self._t0 = time.perf_counter()
@@ -143,6 +144,8 @@ class Run:
             self.stats.distinct = self._distinct.add(keys) if keys else distinct
             self.stats.wall_seconds = max(wall, time.perf_counter() - self._t0)
             self._failures.extend(failures)
+            if self.open_ended:
+                self.status = "rows failed" if self._failures else "ok"
             delta = call.copy()
             delta.distinct = self.stats.distinct - distinct
             delta.wall_seconds = self.stats.wall_seconds - wall
@@ -166,7 +169,6 @@ class Run:
             wall = self.stats.wall_seconds
             self.stats.wall_seconds = time.perf_counter() - self._t0
             self._run_cache = None
-        self.memo.clear()
         self.save()
         return RunStats(wall_seconds=self.stats.wall_seconds - wall)
 
@@ -246,6 +248,9 @@ class SliceMemo:
         with self._lock:
             if self._entries.get(key) is not entry:
                 return  # cleared meanwhile
+            if error is not None:  # those waiting now see the error; a later evaluation tries again
+                del self._entries[key]
+                return
             self._bytes += entry.size
             while self._bytes > self.max_bytes and self._entries:
                 _, old = self._entries.popitem(last=False)
@@ -291,6 +296,7 @@ class Call:
     cache: Cache
     column: str
     rows: np.ndarray | None  # frame row number of each row of the slice, when known
+    released: int = 0  # fetches the embedder had ended when the cache was looked up (InFlight.released)
     from_cache: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     stats: RunStats = field(init=False)
 
@@ -319,11 +325,14 @@ class Call:
         plan, res, stats = self.plan, self.res, self.stats
         stats.cache_hits = int(self.from_cache.sum())
         stats.failed_rows = int(np.isin(plan.inverse, list(res.errors)).sum()) if res.errors else 0
-        hits = hit_rows(plan, self.from_cache)
+        hits = hit_rows(plan, self.from_cache, list(res.errors))
         stats.hit_rows = len(hits)
         stats.cost_saved_usd = float(res.tokens[plan.inverse[hits]].sum()) * price / 1e6
         stats.wall_seconds = wall_seconds
-        return hits, [Failure(self.row(i), plan.texts[i], reason) for i, reason in res.errors.items()]
+        failed_rows = np.flatnonzero(np.isin(plan.inverse, list(res.errors))) if res.errors else np.empty(0, np.int64)
+        rows = self.rows
+        return hits, [Failure(None if rows is None else int(rows[r]), plan.texts[plan.inverse[r]],
+                              res.errors[int(plan.inverse[r])]) for r in failed_rows]
 
     def row(self, text: int) -> int | None:
         """The frame row of distinct text ``text`` (its first row), if the slice knows it."""

@@ -41,7 +41,8 @@ def test_four_processes_share_one_cache(server, tmp_path, report):
     assert all(kind == "ok" and bad == 0 for kind, bad in results), results
     cache = DiskCache(tmp_path / "c")
     texts = [f"shared text {i}" for i in range(3000)]
-    values = cache.get_many(content_keys(texts, key_prefix("openai", MODEL, 16)))
+    prefix = Embedder(MODEL, base_url=server.url, api_key="k", dimensions=16, cache=False, ledger=False).key_prefix()
+    values = cache.get_many(content_keys(texts, prefix))
     assert all(v is not None and np.array_equal(v[0], server_vector(MODEL, 16, t)) for t, v in zip(texts, values))
     report(processes=4, rows_each=1500, distinct_in_all=3000, requested_distinct=len(set(server.texts_seen())),
            entries=cache.stats()["entries"])

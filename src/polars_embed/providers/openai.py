@@ -14,6 +14,7 @@ import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -92,6 +93,18 @@ class OpenAIProvider:
         self._tokenizer = tokenizer or TiktokenTokenizer("cl100k_base")
         self._client: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def cache_namespace(self) -> str:
+        """The endpoint, for the cache key: empty for OpenAI's own; never credentials."""
+        if self.base_url is None:
+            return ""
+        parts = urlsplit(self.base_url)
+        host = (parts.hostname or "").lower()
+        if host == "api.openai.com":
+            return ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIProvider(model={self.model!r}, dimensions={self.dimensions}, base_url={self.base_url!r})"
