@@ -13,8 +13,10 @@ from .errors import (
     ConfigurationError,
     InputError,
     LongInputError,
+    OutputError,
     PolarsEmbedError,
     ProviderError,
+    RequestRefusedError,
     RowsFailedError,
 )
 from .estimate import Estimate, estimate
@@ -22,6 +24,7 @@ from .expr import embed_column
 from .io import read_metadata, write_parquet
 from .ledger import Ledger, ledger
 from .providers import Limits
+from .run import Run
 
 __all__ = [
     "BudgetExceededError",
@@ -37,9 +40,12 @@ __all__ = [
     "Limits",
     "LongInputError",
     "MemoryCache",
+    "OutputError",
     "PolarsEmbedError",
     "ProviderError",
+    "RequestRefusedError",
     "RowsFailedError",
+    "Run",
     "__version__",
     "embed_column",
     "estimate",

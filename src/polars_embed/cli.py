@@ -1,7 +1,7 @@
 """The ``polars-embed`` command: run, cache, ledger, doctor.
 
 Errors are one line on stderr (``--debug`` shows the traceback). Exit codes:
-0 done; 1 finished, but some rows failed; 2 usage or configuration error;
+0 done; 1 finished, but some rows failed; 2 usage, configuration, input or output error;
 3 stopped by --max-cost; 4 another run holds the output's lock; 5 the provider failed
 for good; 130 interrupted (Ctrl-C). Finished work is cached in every case.
 """
@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -24,6 +25,7 @@ from .errors import (
     CacheError,
     ConfigurationError,
     InputError,
+    OutputError,
     PolarsEmbedError,
     ProviderError,
 )
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polars-embed",
         description="Embed text columns cheaply, fast and without losing work.",
-        epilog="Exit codes: 0 done, 1 some rows failed, 2 usage/configuration error, 3 --max-cost reached, "
+        epilog="Exit codes: 0 done, 1 some rows failed, 2 usage, configuration, input or output error, 3 --max-cost reached, "
         "4 output locked by another run, 5 provider failed, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"polars-embed {__version__}")
@@ -177,8 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import polars as pl
 
     lf = job.scan(args.input)
-    job.require_column(lf, args.column)
-    rows = lf.select(pl.len()).collect().item()
+    job.require_column(lf, args.column, args.input)
+    with job.readable(args.input):
+        rows = lf.select(pl.len()).collect().item()
     bar = Progress(rows, disable=args.quiet or not sys.stderr.isatty())
     log.info(f"embedding {args.input}[{args.column}] with {emb.model} into {args.output}",
              extra={"fields": {"event": "start", "rows": rows, "model": emb.model}})
@@ -209,6 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  tokens billed  {s.tokens_billed:,} in {s.requests:,} requests ({s.retries} retries)")
     print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f})")
     print(f"  failed rows    {len(result.failed):,}")
+    if s.uncached:
+        print(f"  not cached     {s.uncached:,} texts: the cache could not be written (see the warning)")
+    if s.cache_damaged:
+        print(f"  damaged cache  {s.cache_damaged:,} entries: fetched again and overwritten")
     print(f"  wrote          {result.output}")
     if result.failed:
         first, reason = next(iter(result.failed.items()))
@@ -369,7 +376,7 @@ def _exit_code(exc: PolarsEmbedError) -> int:
         return EXIT_BUDGET
     if isinstance(exc, LockedError):
         return EXIT_LOCKED
-    if isinstance(exc, (ConfigurationError, InputError, CacheError)):
+    if isinstance(exc, (ConfigurationError, InputError, CacheError, OutputError)):
         return EXIT_USAGE
     if isinstance(exc, ProviderError):
         return EXIT_PROVIDER
@@ -380,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    # warnings (a cache or a ledger that cannot be written) are one log line each, not file:line noise
+    warnings.showwarning = lambda message, *_, **__: log.warning(str(message).removeprefix("polars-embed: "))
     handlers = {"run": cmd_run, "cache": cmd_cache, "ledger": cmd_ledger, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)

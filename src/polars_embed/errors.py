@@ -44,7 +44,8 @@ class ProviderError(PolarsEmbedError):
 
 
 class RequestRefusedError(ProviderError, ConfigurationError):
-    """The server refuses the request whatever its inputs (a setting the model refuses)."""
+    """The request fails whatever its inputs (a setting the model refuses, answers that
+    cannot be true): raised after a request per halving, not one per row."""
 
 
 class RowsFailedError(ProviderError):
@@ -62,3 +63,7 @@ class BudgetExceededError(PolarsEmbedError):
 
 class CacheError(PolarsEmbedError):
     """The cache cannot be opened or holds an entry that is not ours."""
+
+
+class OutputError(PolarsEmbedError):
+    """The output file cannot be written (finished work is cached all the same)."""

@@ -352,7 +352,7 @@ class Fetch:
         if all(errors) and not self.stage.accepted:
             self.bisect(halves[0], errors[0])  # type: ignore[arg-type]
             if not self.stage.accepted:
-                msg = f"the server refuses every part of the request, down to one input alone: {errors[0]}"
+                msg = f"the request fails whatever its inputs, down to one input alone: {errors[0]}"
                 raise RequestRefusedError(msg, status_code=refused.status_code)
             halves, errors = halves[1:], errors[1:]
         for part, error in zip(halves, errors):

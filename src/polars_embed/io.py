@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,9 +34,30 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600: readers under another account lose access
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a new file gets under the umask, or the mode of the file it replaces."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError, PolarsEmbedError
+from .errors import InputError, OutputError, PolarsEmbedError
 from .io import atomic_file, stale_temp_files
 
 if TYPE_CHECKING:
@@ -46,30 +47,68 @@ class LockedError(PolarsEmbedError):
 def scan(path: str | os.PathLike[str]) -> pl.LazyFrame:
     """A lazy reader for Parquet, CSV or NDJSON, chosen by the file's suffix."""
     path = Path(path)
-    if not path.exists():
-        msg = f"input {str(path)!r} does not exist"
+    if not path.is_file():
+        msg = f"input {str(path)!r} does not exist" if not path.exists() else f"input {str(path)!r} is not a file"
         raise InputError(msg)
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pl.scan_parquet(path)
-    if suffix in (".csv", ".tsv"):
-        return pl.scan_csv(path, separator="\t" if suffix == ".tsv" else ",")
-    if suffix in (".ndjson", ".jsonl", ".json"):
-        return pl.scan_ndjson(path)
+    with readable(path):
+        if suffix in (".parquet", ".pq"):
+            return pl.scan_parquet(path)
+        if suffix in (".csv", ".tsv"):
+            return pl.scan_csv(path, separator="\t" if suffix == ".tsv" else ",")
+        if suffix in (".ndjson", ".jsonl", ".json"):
+            return pl.scan_ndjson(path)
     msg = f"input {str(path)!r}: unknown format {suffix or '(no suffix)'}; use .parquet, .csv or .ndjson"
     raise InputError(msg)
 
 
-def require_column(lf: pl.LazyFrame, column: str) -> None:
-    schema = lf.collect_schema()
+@contextlib.contextmanager
+def readable(source: str | os.PathLike[str]) -> Iterator[None]:
+    """A file Polars cannot read (garbage, empty, a malformed CSV, a duplicate column) is one
+    ``InputError`` sentence, not a traceback."""
+    try:
+        yield
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        msg = f"cannot read the input {str(source)!r}: {first}"
+        raise InputError(msg) from exc
+
+
+def require_column(lf: pl.LazyFrame, column: str, source: str | os.PathLike[str] = "input") -> None:
+    with readable(source):
+        schema = lf.collect_schema()
     if column not in schema:
         msg = f"column {column!r} is not in the input (columns: {', '.join(schema.names())})"
         raise InputError(msg)
 
 
-def partitions(lf: pl.LazyFrame, column: str, rows: int) -> Iterator[pl.DataFrame]:
-    require_column(lf, column)
-    yield from lf.collect_batches(chunk_size=rows)
+def partitions(lf: pl.LazyFrame, column: str, rows: int, source: str | os.PathLike[str] = "input") -> Iterator[pl.DataFrame]:
+    require_column(lf, column, source)
+    with readable(source):
+        yield from lf.collect_batches(chunk_size=rows)
+
+
+def preflight(lf: pl.LazyFrame, output: Path, column: str, name: str, embedder: Embedder) -> None:
+    """What can fail before the first request is checked before it: the output path and
+    its directory, and output columns the input already has."""
+    if output.is_dir():
+        raise InputError(f"output {str(output)!r} is a directory; give the path of a .parquet file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output.parent):
+            pass
+    except OSError as exc:
+        blocking = next((p for p in output.parents if p.exists()), None)
+        reason = f"{str(blocking)!r} is a file" if blocking is not None and not blocking.is_dir() else exc.strerror or exc
+        msg = f"cannot write the output {str(output)!r}: {reason}"
+        raise InputError(msg) from exc
+    with readable(output):
+        names = lf.collect_schema().names()
+    taken = [c for c in (*embedder.output_fields(name), f"{name}_error") if c in names]
+    if taken:
+        msg = (f"the input already has the output column {taken[0]!r} (an earlier run's output?); "
+               f"pass another --name, or embed the original input")
+        raise InputError(msg)
 
 
 @contextlib.contextmanager
@@ -120,13 +159,15 @@ def run(
         raise PolarsEmbedError(msg)
     output = Path(output)
     lf = scan(source)
-    require_column(lf, column)
+    require_column(lf, column, source)
+    preflight(lf, output, column, name, embedder)
     failed: dict[int, str] = {}
-    with output_lock(output), embedder.run(source=f"polars-embed run {source}") as r, atomic_file(output) as tmp:
+    with output_lock(output), embedder.run(source=f"polars-embed run {source}") as r, writing(output) as tmp:
         r.on_progress = on_progress
         writer: pq.ParquetWriter | None = None
         try:
-            with contextlib.closing(embedded(embedder, r, partitions(lf, column, partition_rows), column, name)) as out:
+            parts = partitions(lf, column, partition_rows, source)
+            with contextlib.closing(embedded(embedder, r, parts, column, name)) as out:
                 for offset, part, emb in out:
                     table = part.hstack(emb).to_arrow()
                     if writer is None:
@@ -141,6 +182,17 @@ def run(
             if writer is not None:
                 writer.close()
     return RunResult(output, r.stats, failed)
+
+
+@contextlib.contextmanager
+def writing(output: Path) -> Iterator[Path]:
+    """``atomic_file``, with a disk that refuses the output said in one sentence."""
+    try:
+        with atomic_file(output) as tmp:
+            yield tmp
+    except OSError as exc:
+        msg = f"cannot write the output {str(output)!r} ({exc.strerror or exc}); finished requests are cached"
+        raise OutputError(msg) from exc
 
 
 def embedded(embedder: Embedder, run: Run, parts: Iterable[pl.DataFrame], column: str,
@@ -186,4 +238,4 @@ def dry_run(embedder: Embedder, source: str | os.PathLike[str], *, column: str =
     from .estimate import estimate_series
 
     lf = scan(source)
-    return estimate_series(embedder, (p[column] for p in partitions(lf, column, partition_rows)), column)
+    return estimate_series(embedder, (p[column] for p in partitions(lf, column, partition_rows, source)), column)
