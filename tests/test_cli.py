@@ -103,7 +103,7 @@ def test_failed_rows_exit_1_and_keep_a_reason(env, server):
     ("args", "message"),
     [
         (["--column", "body"], "column 'body' is not in the input"),
-        (["--model", "no-such-model", "--base-url", "http://127.0.0.1:9/v1"], "pass dimensions="),
+        (["--model", "no-such-model", "--base-url", "http://127.0.0.1:9/v1"], "pass --dimensions"),
         (["--partition-rows", "0"], "--partition-rows must be at least 1"),
     ],
 )
@@ -140,7 +140,10 @@ def test_cache_stats_clear_prune(env, capsys):
     assert main(["cache", "prune", "--older-than", "0s"]) == 0
     assert "removed 300 entries" in capsys.readouterr().out
     main(["run", str(env["src"]), str(env["out"]), *env["model"]])
-    assert main(["cache", "clear"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "clear"]) == 2  # no terminal to confirm at: nothing is deleted
+    assert "pass --yes" in capsys.readouterr().err
+    assert main(["cache", "clear", "--yes"]) == 0
     assert "removed 300 entries" in capsys.readouterr().out
 
 

@@ -206,7 +206,7 @@ class DiskCache:
                    f"fix its permissions, or use another cache directory (cache=False for none)")
         else:
             msg = (f"cannot open the cache at {self.directory} ({error}): it is damaged; "
-                   f"`polars-embed cache clear --force --cache {self.directory}` rebuilds it")
+                   f"`polars-embed cache clear --yes --force --cache {self.directory}` rebuilds it")
         raise CacheError(msg) from error
 
     def _open_read_only(self, database: Path) -> bool:
@@ -256,7 +256,7 @@ class DiskCache:
             raise
         except Exception as exc:
             msg = (f"cannot read the cache at {self.directory} ({exc}); if it is damaged, "
-                   f"`polars-embed cache clear --force --cache {self.directory}` rebuilds it")
+                   f"`polars-embed cache clear --yes --force --cache {self.directory}` rebuilds it")
             raise CacheError(msg) from exc
         out: list[tuple[np.ndarray, int] | None] = []
         damaged = 0

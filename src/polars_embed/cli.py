@@ -61,15 +61,19 @@ def parse_age(text: str) -> float:
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
+def _add_common(p: argparse.ArgumentParser, *, bar: bool = False) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only" if bar else "warnings only")
     p.add_argument("--log-json", action="store_true", help="log JSON lines to stderr (for machines)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"embedding model (default: {DEFAULT_MODEL}, offline)")
-    p.add_argument("--dimensions", type=int, default=None, help="output dimensions (needed for models not in the table)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"embedding model (default: {DEFAULT_MODEL}, offline, so a first run needs no key; "
+                   "the library's default is text-embedding-3-small)")
+    p.add_argument("--dimensions", type=int, default=None,
+                   help="output dimensions (needed for a model other than OpenAI's text-embedding-3-small/-large, "
+                   "ada-002 and the local one; 3-small/-large also take fewer)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or OpenAI)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop before a request would take the run past this many dollars")
     run.add_argument("--price", type=float, default=None, metavar="USD_PER_1M", help="override the price per 1M tokens")
     run.add_argument("--dry-run", action="store_true", help="no request: print rows, distinct, cached, tokens, cost, time")
-    _add_common(run)
+    _add_common(run, bar=True)
 
     cache = sub.add_parser("cache", help="inspect or clean the cache", description="Inspect or clean the vector cache.")
     cache_sub = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = cache_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
         if action == "clear":
+            p.add_argument("--yes", "-y", action="store_true", help="do not ask before deleting (needed without a terminal)")
             p.add_argument("--force", action="store_true",
                            help="if the cache is damaged and cannot be opened, delete its files and start afresh")
         _add_common(p)
@@ -165,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     emb = _embedder(args)
     if args.dry_run:
         est = job.dry_run(emb, args.input, column=args.column, partition_rows=args.partition_rows)
-        eta = f"{est.seconds:.0f} s under the configured limits" if est.seconds is not None else "n/a (no --rpm/--tpm given)"
+        eta = f"~{est.seconds:,.0f} s ({est.basis})" if est.seconds is not None else f"unknown ({est.basis})"
         print(f"dry run of {args.input} ({emb.model}, {emb.dimensions} dims): no request made")
         print(f"  rows            {est.rows:,}")
         print(f"  distinct texts  {est.distinct:,}")
@@ -199,29 +204,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = result.stats
     hits = s.hit_rows
     summary = {
-        "rows": s.rows, "distinct": s.distinct, "new_texts": s.misses, "hits": hits, "tokens_billed": s.tokens_billed,
+        "rows": s.rows, "distinct": s.distinct, "new_texts": s.misses, "hits": hits, "cached_rows": s.cached_rows,
+        "repeated_rows": hits - s.cached_rows, "tokens_billed": s.tokens_billed,
         "cost_usd": round(s.cost_usd, 8), "cost_saved_usd": round(s.cost_saved_usd, 8), "requests": s.requests,
         "retries": s.retries, "failed_rows": len(result.failed), "wall_seconds": round(s.wall_seconds, 2),
         "output": str(result.output),
     }
     log.log(logging.INFO if args.log_json else logging.DEBUG, "run finished",
             extra={"fields": {"event": "summary", **summary}})
-    print(f"embedded {s.rows:,} rows ({s.distinct:,} distinct texts) with {emb.model} in {s.wall_seconds:.1f} s")
-    print(f"  new texts      {s.misses:,} embedded")
-    print(f"  cache hits     {hits:,} rows ({hits / max(1, s.rows):.0%}): cached or repeated")
-    print(f"  tokens billed  {s.tokens_billed:,} in {s.requests:,} requests ({s.retries} retries)")
-    print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f})")
-    print(f"  failed rows    {len(result.failed):,}")
-    if s.uncached:
-        print(f"  not cached     {s.uncached:,} texts: the cache could not be written (see the warning)")
-    if s.cache_damaged:
-        print(f"  damaged cache  {s.cache_damaged:,} entries: fetched again and overwritten")
-    print(f"  wrote          {result.output}")
+    _print_summary(emb, result)
     if result.failed:
         first, reason = next(iter(result.failed.items()))
         log.warning(f"{len(result.failed)} rows failed (first: row {first}: {reason}); they have a null vector and a reason in {args.name}_error")
         return EXIT_FAILED_ROWS
     return EXIT_OK
+
+
+def _print_summary(emb: Any, result: Any) -> None:
+    s = result.stats
+    repeats = s.hit_rows - s.cached_rows
+    print(f"embedded {s.rows:,} rows ({s.distinct:,} distinct texts) with {emb.model} in {s.wall_seconds:.1f} s")
+    print(f"  new texts      {s.misses:,} embedded in {s.requests:,} request{'s' * (s.requests != 1)} "
+          f"({s.retries} retr{'ies' if s.retries != 1 else 'y'})")
+    print(f"  cache hits     {s.hit_rows:,} rows ({s.hit_rows / max(1, s.rows):.0%}): {s.cached_rows:,} in the "
+          f"cache before this run, {repeats:,} repeats within it")
+    if emb.price:
+        print(f"  tokens billed  {s.tokens_billed:,}")
+        print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f})")
+    elif emb.provider.name == "local":
+        print(f"  tokens         {s.tokens_counted:,} counted; a local model costs nothing but time")
+    else:
+        print(f"  tokens billed  {s.tokens_billed:,} (no price known for {emb.model}: --price counts the cost)")
+    print(f"  failed rows    {len(result.failed):,}")
+    if s.uncached:
+        print(f"  not cached     {s.uncached:,} texts: the cache could not be written (see the warning)")
+    if s.cache_damaged:
+        print(f"  damaged cache  {s.cache_damaged:,} entries: fetched again and overwritten")
+    where = getattr(emb.cache, "directory", None)
+    print(f"  cache          {where if where is not None else 'none (--no-cache)'}")
+    print(f"  wrote          {result.output}")
 
 
 class Progress:
@@ -269,6 +290,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
                 with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120):
                     print(by_model)
         elif args.action == "clear":
+            if not _confirmed(args, f"delete every entry of the cache at {cache.directory}? Paid vectors are lost [y/N] "):
+                print("nothing deleted", file=sys.stderr)
+                return EXIT_USAGE
             try:
                 print(f"removed {cache.clear():,} entries from {cache.directory}")
             except CacheError:
@@ -281,6 +305,16 @@ def cmd_cache(args: argparse.Namespace) -> int:
     finally:
         cache.close()
     return EXIT_OK
+
+
+def _confirmed(args: argparse.Namespace, question: str) -> bool:
+    """``--yes``, or a "y" typed at a terminal; without a terminal, no."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        log.error("pass --yes to delete without a terminal to confirm at")
+        return False
+    return input(question).strip().lower() in ("y", "yes")
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
@@ -303,9 +337,10 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    checks: list[tuple[str, bool, str]] = []
+    checks: list[tuple[str, bool | None, str]] = []  # None: information, not a check
     key = os.environ.get("OPENAI_API_KEY")
-    checks.append(("API key", True, "OPENAI_API_KEY is set" if key else "OPENAI_API_KEY is not set (only local models will work)"))
+    checks.append(("API key", True if key else None,
+                   "OPENAI_API_KEY is set" if key else "OPENAI_API_KEY is not set: only --model local:... will work"))
     base = args.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
     ok, detail = _reachable(base)
     checks.append(("endpoint", ok, detail.replace(base, _without_credentials(base))))
@@ -338,11 +373,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         checks.append(("local model", vec.shape == (1, 384), f"{DEFAULT_MODEL} loads (sha256 verified, {time.perf_counter() - t:.1f} s)"))
     except Exception as exc:  # noqa: BLE001
         checks.append(("local model", False, str(exc)))
-    for name, ok, detail in checks:
-        print(f"{'ok  ' if ok else 'FAIL'}  {name:<12} {detail}")
+    for name, passed, detail in checks:
+        print(f"{'--  ' if passed is None else 'ok  ' if passed else 'FAIL'}  {name:<12} {detail}")
     # the endpoint matters only to someone who means to use it
-    required = [ok for name, ok, _ in checks if name != "endpoint" or key or args.base_url]
-    return EXIT_OK if all(required) else EXIT_FAILED_ROWS
+    required = [p for name, p, _ in checks if p is not None and (name != "endpoint" or key or args.base_url)]
+    return EXIT_OK if all(required) else EXIT_USAGE
 
 
 def _without_credentials(url: str) -> str:
@@ -367,6 +402,21 @@ def _reachable(base_url: str) -> tuple[bool, str]:
     except Exception as exc:  # noqa: BLE001
         return False, f"{base_url} is not reachable ({type(exc).__name__})"
     return True, f"{base_url} answers (HTTP {status})"
+
+
+#: The library's words for a setting, and the option that sets it here.
+_OPTIONS = [("pass api_key= (or use model='local:...' offline)", "or run offline with --model local:all-MiniLM-L6-v2"),
+            ("model='local:", "--model local:"), ("pass base_url= and dimensions=", "pass --base-url and --dimensions"),
+            ("pass dimensions=", "pass --dimensions"), ("dimensions=", "--dimensions "),
+            ("price_per_million", "--price"), ("max_workers", "--workers"), ("max_cost", "--max-cost"),
+            ("rpm must", "--rpm must"), ("tpm must", "--tpm must")]
+
+
+def for_cli(message: str) -> str:
+    """A library message in the words of this command (``--dimensions``, not ``dimensions=``)."""
+    for library, option in _OPTIONS:
+        message = message.replace(library, option)
+    return message
 
 
 def _exit_code(exc: PolarsEmbedError) -> int:
@@ -395,8 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolarsEmbedError as exc:
         if args.debug:
             raise
-        print(f"polars-embed: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return _exit_code(exc)
+        code, message = _exit_code(exc), for_cli(str(exc).splitlines()[0])
+        if args.log_json:
+            log.error(message, extra={"fields": {"event": "error", "exit_code": code}})
+        else:
+            print(f"polars-embed: error: {message}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("polars-embed: interrupted; finished work is cached, rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

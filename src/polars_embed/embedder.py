@@ -35,7 +35,6 @@ from .run import (
     CallProgress,
     Failure,
     Run,
-    SliceMemo,
     failures_frame,
     rows_failed,
     run_status,
@@ -145,7 +144,8 @@ class Embedder:
         self.on_error = on_error
         self.price = price_for(self.provider, price_per_million)
         self.runner = Runner(max_workers=max_workers, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
-                             rpm=rpm, tpm=tpm, limiter=limiter, sleep=sleep, redact=getattr(self.provider, "redact", None))
+                             rpm=rpm, tpm=tpm, limiter=limiter, sleep=sleep, redact=getattr(self.provider, "redact", None),
+                             endpoint=getattr(self.provider, "endpoint", None))
         self.stage = Stage(
             provider=self.provider, runner=self.runner, budget=Budget(max_cost), price=self.price,
             sizing=Sizing(self.provider.limits, max_workers, self.runner.limiter), policy=on_long_input,
@@ -323,39 +323,12 @@ class Embedder:
         rows = np.arange(len(series)) if rows is None else rows
         run = run or self._scope
         if run is not None:
-            return self._call(series, run, name=name, column=column, rows=rows)
+            return self.embed_slice(series, run, name=name, column=column, rows=rows)
         with self.ending(self.start_run()) as own:
-            return self._call(series, own, name=name, column=column, rows=rows)
+            return self.embed_slice(series, own, name=name, column=column, rows=rows)
 
-    def evaluate(self, series: pl.Series, rows: pl.Series | None, run: Run, memo: SliceMemo, *, name: str,
-                 column: str) -> pl.DataFrame:
-        """One evaluation of an expression by Polars, as a slice of ``run``. A slice the
-        expression evaluates again (``.over()``, a struct field each) is answered from its
-        first evaluation: the vectors from the cache, every other column as it was, so
-        nothing is paid or counted twice."""
-        row_numbers = None if rows is None else rows.to_numpy()
-        key, entry, first = memo.enter([series] if rows is None else [series, rows])
-        if first:
-            try:
-                out = self._call(series, run, name=name, column=column, rows=row_numbers)
-            except BaseException as exc:
-                memo.leave(key, entry, None, exc)
-                raise
-            memo.leave(key, entry, out.drop(name), None)
-            return out
-        if entry.error is not None:
-            raise entry.error
-        answer = entry.answer
-        assert answer is not None
-        c = self._plan(series, run, column, row_numbers)
-        errors = answer.get_column(f"{name}_error") if self.on_error == "null" else pl.Series([], dtype=pl.String)
-        c.res.errors = {int(c.plan.inverse[r]): "" for r in errors.is_not_null().arg_true().to_list()}
-        if not all(c.from_cache[i] or i in c.res.errors for i in range(len(c.keys))):
-            return self._call(series, run, name=name, column=column, rows=row_numbers)  # evicted: paid again, said so
-        return assemble(c.plan, c.res, np.empty(0, np.int64), name, with_errors=False).select(name).hstack(answer)
-
-    def _plan(self, series: pl.Series, run: Run, column: str, rows: np.ndarray | None) -> Call:
-        """Plan one slice and look its texts up in the cache."""
+    def plan(self, series: pl.Series, run: Run, column: str, rows: np.ndarray | None) -> Call:
+        """Plan one slice of ``run`` and look its texts up in the cache (stages 1 and 2)."""
         plan = make_plan(as_text(series, column))
         keys = content_keys(plan.texts, self.key_prefix())
         c = Call(plan, keys, Results.empty(len(plan.texts), self.dimensions), run, run.cache_for(self.cache),
@@ -363,10 +336,10 @@ class Embedder:
         c.from_cache = c.lookup(np.arange(len(keys)))
         return c
 
-    def _call(self, series: pl.Series, run: Run, *, name: str, column: str, rows: np.ndarray | None) -> pl.DataFrame:
+    def embed_slice(self, series: pl.Series, run: Run, *, name: str, column: str, rows: np.ndarray | None) -> pl.DataFrame:
         """One slice of ``run``: plan, cache, fetch, assemble; its figures go to the run."""
         started = time.perf_counter()
-        c = self._plan(series, run, column, rows)
+        c = self.plan(series, run, column, rows)
         progress = CallProgress(run, c.plan, c.from_cache)
         failure: BaseException | None = None
         try:

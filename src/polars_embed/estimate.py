@@ -4,6 +4,7 @@ packing as a real run, without a request. ``polars-embed run --dry-run`` uses it
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,8 @@ class Estimate:
     tokens_to_pay: int = 0
     requests: int = 0
     cost_usd: float = 0.0
-    seconds: float | None = None  # under the configured rpm/tpm; None without limits
+    seconds: float | None = None  # see ``basis``; None when nothing bounds the time
+    basis: str = "no --rpm/--tpm given, nothing bounds the time"  # how ``seconds`` was estimated
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,12 +41,30 @@ class Estimate:
     def frame(self) -> pl.DataFrame:
         return pl.DataFrame([self.as_dict()])
 
+    def __repr__(self) -> str:
+        time = f"~{self.seconds:,.0f} s ({self.basis})" if self.seconds is not None else f"unknown ({self.basis})"
+        return (f"Estimate({self.rows:,} rows, {self.distinct:,} distinct, {self.cached:,} cached; "
+                f"{self.to_embed:,} to embed in {self.requests:,} requests, {self.tokens_to_pay:,} tokens, "
+                f"${self.cost_usd:.6f}, time {time})")
+
+    def _repr_html_(self) -> str:
+        """In a notebook: what a run would do, one line a figure."""
+        import html
+
+        time = f"~{self.seconds:,.0f} s ({self.basis})" if self.seconds is not None else f"unknown ({self.basis})"
+        rows = [("rows", f"{self.rows:,}"), ("distinct texts", f"{self.distinct:,}"),
+                ("already cached", f"{self.cached:,}"), ("to embed", f"{self.to_embed:,} in {self.requests:,} requests"),
+                ("tokens to pay", f"{self.tokens_to_pay:,}"), ("cost", f"${self.cost_usd:.6f}"), ("time", time)]
+        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        return f"<p><b>Estimate</b> (no request made)</p><table>{body}</table>"
+
 
 def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str = "text") -> Estimate:
     """Estimate over slices of one column (as ``polars-embed run`` embeds them); texts
     repeated across slices count once. Requests are counted by the schedule a run uses
     (``fetch.schedule``), the quota probe of a first call included."""
     est = Estimate()
+    sample: list[str] = []  # a few texts to time a local model on
     seen: set[bytes] = set()
     prefix = embedder.key_prefix()
     stage = embedder.stage
@@ -74,13 +94,36 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
         for requests in schedule(misses, tokenize, stage.sizing, stream=network, probe=probe,
                                  check_first=stage.policy == "error"):
             est.requests += len(requests)
+            if not network and len(sample) < SAMPLE:
+                sample += [p.text for r in requests for p in r][: SAMPLE - len(sample)]
         probe = False
     est.cost_usd = est.tokens_to_pay * embedder.price / 1e6
     rpm, tpm = stage.runner.limiter.rpm, stage.runner.limiter.tpm
     if rpm or tpm:
         minutes = max(est.requests / rpm if rpm else 0.0, est.tokens_to_pay / tpm if tpm else 0.0)
         est.seconds = math.ceil(minutes * 60.0 * 10) / 10
+        est.basis = "under the configured limits"
+    elif sample:
+        est.seconds, est.basis = _time_locally(embedder, sample, est.tokens_to_pay)
     return est
+
+
+#: Texts a local model is timed on to estimate a run's time (it costs only time).
+SAMPLE = 128
+
+
+def _time_locally(embedder: Embedder, sample: list[str], tokens: int) -> tuple[float, str]:
+    """A model on this machine's cores: time it on ``sample`` (after loading it), scale by
+    tokens, and divide by the workers that share the cores."""
+    import time
+
+    provider = embedder.provider
+    provider.embed(sample[:16])  # load and warm the model: not part of the rate
+    started = time.perf_counter()
+    done = provider.embed(sample)
+    rate = max(1, done.billed_tokens) / max(1e-9, time.perf_counter() - started)
+    workers = min(embedder.runner.max_workers, os.cpu_count() or 1)
+    return tokens / rate / workers, f"the local model timed on {len(sample)} texts"
 
 
 def estimate(df: pl.DataFrame | pl.LazyFrame, column: str, *, embedder: Embedder | None = None,

@@ -14,8 +14,10 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
+from .assemble import assemble
 from .embedder import Embedder
 from .io import atomic_file
 from .run import SliceMemo
@@ -118,12 +120,40 @@ def embedder_expr(emb: Embedder, column: str | pl.Expr, *, name: str = "embeddin
 
     def evaluate(s: pl.Series) -> pl.Series:
         texts, rows = (s, None) if row_index is None else (s.struct.field("text"), s.struct.field("row"))
-        return emb.evaluate(texts, rows, query.current(), query.memo, name=name, column=label).to_struct(name)
+        return evaluate_slice(emb, texts, rows, query.current(), query.memo, name=name, column=label).to_struct(name)
 
     source = col if row_index is None else pl.struct(col.alias("text"), pl.col(row_index).alias("row"))
     # return_dtype: Polars never calls us on dummy data (that would be a paid request).
     # is_elementwise: slices may be embedded independently, in parallel, in streaming.
     return source.map_batches(evaluate, return_dtype=dtype, is_elementwise=True).struct.unnest()
+
+
+def evaluate_slice(emb: Embedder, series: pl.Series, rows: pl.Series | None, run: Run, memo: SliceMemo, *,
+                   name: str, column: str) -> pl.DataFrame:
+    """One evaluation of an expression by Polars, as a slice of ``run``. A slice the
+    expression evaluates again (``.over()``, a struct field each) is answered from its
+    first evaluation: the vectors from the cache, every other column as it was, so
+    nothing is paid or counted twice."""
+    row_numbers = None if rows is None else rows.to_numpy()
+    key, entry, first = memo.enter([series] if rows is None else [series, rows])
+    if first:
+        try:
+            out = emb.embed_slice(series, run, name=name, column=column, rows=row_numbers)
+        except BaseException as exc:
+            memo.leave(key, entry, None, exc)
+            raise
+        memo.leave(key, entry, out.drop(name), None)
+        return out
+    if entry.error is not None:
+        raise entry.error
+    answer = entry.answer
+    assert answer is not None
+    c = emb.plan(series, run, column, row_numbers)
+    errors = answer.get_column(f"{name}_error") if emb.on_error == "null" else pl.Series([], dtype=pl.String)
+    c.res.errors = {int(c.plan.inverse[r]): "" for r in errors.is_not_null().arg_true().to_list()}
+    if not all(c.from_cache[i] or i in c.res.errors for i in range(len(c.keys))):
+        return emb.embed_slice(series, run, name=name, column=column, rows=row_numbers)  # evicted: paid again, said so
+    return assemble(c.plan, c.res, np.empty(0, np.int64), name, with_errors=False).select(name).hstack(answer)
 
 
 @contextlib.contextmanager

@@ -113,20 +113,31 @@ def preflight(lf: pl.LazyFrame, output: Path, column: str, name: str, embedder: 
 
 @contextlib.contextmanager
 def output_lock(output: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on ``OUTPUT.lock`` for the whole run."""
+    """An exclusive, non-blocking lock on ``OUTPUT.lock`` for the whole run; the file is
+    removed when the run ends (a run that locked a file removed meanwhile locks again)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     lock_path = output.with_name(output.name + ".lock")
-    fh = open(lock_path, "a+")  # noqa: SIM115 - held for the duration of the run
-    try:
+    while True:
+        fh = open(lock_path, "a+")  # noqa: SIM115 - held for the duration of the run
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            fh.close()
             msg = f"another polars-embed run is writing {output} (lock {lock_path}); not starting a second one"
             raise LockedError(msg) from None
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino == os.fstat(fh.fileno()).st_ino:
+            break
+        fh.close()  # its run ended and removed the file between our open and our lock
+    try:
         for stale in stale_temp_files(output):  # left by a killed run
             stale.unlink(missing_ok=True)
         yield
     finally:
+        lock_path.unlink(missing_ok=True)
         fh.close()
 
 

@@ -110,6 +110,7 @@ class Run:
         self._t0 = time.perf_counter()
         self._failures: list[Failure] = []
         self._distinct = _KeySet()
+        self._paid = _KeySet()  # texts paid for in this run
         self._record = record
         self._run_cache: MemoryCache | None = None
         self._lock = threading.Lock()
@@ -156,6 +157,15 @@ class Run:
         """Send nothing more (Ctrl-C, or an error in another slice); what is in flight ends."""
         self.stopping.set()
 
+    def note_paid(self, paid: list[bytes], cached: list[bytes]) -> np.ndarray:
+        """Record the texts a call paid for; returns which of the ``cached`` ones were paid
+        earlier in this run (repeats within the run, not entries the cache had before)."""
+        with self._lock:
+            earlier = self._paid.contains(cached)
+            if paid:
+                self._paid.add(paid)
+        return earlier
+
     def progress(self, delta: RunStats) -> None:
         if self.on_progress is not None:
             self.on_progress(delta)
@@ -185,6 +195,15 @@ class _KeySet:
         self._seen = np.empty(0, dtype=np.uint64)
         self._new: list[np.ndarray] = []
         self._new_size = 0
+
+    def contains(self, keys: list[bytes]) -> np.ndarray:
+        if not keys:
+            return np.zeros(0, dtype=bool)
+        prefixes = np.frombuffer(b"".join(k[:8] for k in keys), dtype=np.uint64)
+        found = np.isin(prefixes, self._seen)
+        for pending in self._new:
+            found |= np.isin(prefixes, pending)
+        return found
 
     def add(self, keys: list[bytes]) -> int:
         """Add ``keys``; returns how many distinct keys there are now."""
@@ -329,6 +348,9 @@ class Call:
         stats.hit_rows = len(hits)
         stats.cost_saved_usd = float(res.tokens[plan.inverse[hits]].sum()) * price / 1e6
         stats.wall_seconds = wall_seconds
+        cached = np.flatnonzero(self.from_cache)
+        paid = [self.keys[i] for i in np.flatnonzero(~self.from_cache) if int(i) not in res.errors]
+        stats.cached_rows = int((~self.run.note_paid(paid, [self.keys[i] for i in cached])).sum())
         failed_rows = np.flatnonzero(np.isin(plan.inverse, list(res.errors))) if res.errors else np.empty(0, np.int64)
         rows = self.rows
         return hits, [Failure(None if rows is None else int(rows[r]), plan.texts[plan.inverse[r]],

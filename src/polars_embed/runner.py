@@ -8,6 +8,7 @@ server's message.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -65,6 +66,8 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     return None
 
 
+log = logging.getLogger("polars_embed")
+
 #: The longest wait between two attempts, and the longest pause a 429 may impose (seconds).
 MAX_WAIT = 60.0
 
@@ -100,8 +103,11 @@ class Runner:
         limiter: Limiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
         redact: Callable[[str], str] | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.redact = redact  # removes the API key from what a server says
+        self.endpoint = endpoint  # where requests go, for messages (no credentials)
+        self._said = 0.0  # when a retry was last logged
         self.max_workers = max_workers
         self.max_attempts = max_attempts
         self.max_retry_seconds = max_retry_seconds
@@ -159,6 +165,7 @@ class Runner:
                     self.limiter.pause(min(asked, self.max_retry_seconds, MAX_WAIT))
             if on_retry is not None:
                 on_retry(exc)
+            self._say_retrying(exc, state.attempt_number)
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
@@ -190,16 +197,35 @@ class Runner:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure of the client becomes one ProviderError
             # not chained: the client's exception quotes the server, which may quote the key
-            raise to_provider_error(exc, self.redact) from None
+            raise to_provider_error(exc, self.redact, self.endpoint) from None
+
+    def _say_retrying(self, exc: BaseException, attempt: int) -> None:
+        """Log that requests are being retried (at most every 5 s), so a run that waits on a
+        failing endpoint says so instead of sitting silent."""
+        now = time.monotonic()
+        if now - self._said < 5.0:
+            return
+        self._said = now
+        message = server_message(exc)
+        if self.redact is not None:
+            message = self.redact(message)
+        where = f" to {self.endpoint}" if self.endpoint else ""
+        log.info(f"retrying a request{where} (attempt {attempt + 1} of {self.max_attempts}): {message}")
 
 
-def to_provider_error(exc: BaseException, redact: Callable[[str], str] | None = None) -> ProviderError:
+def to_provider_error(exc: BaseException, redact: Callable[[str], str] | None = None,
+                      endpoint: str | None = None) -> ProviderError:
+    import openai
+
     status = status_of(exc)
     message = server_message(exc)
     if redact is not None:
         message = redact(message)
     if is_retryable(exc):
-        text = f"request still failing after retries: {message}"
+        where = f" to {endpoint}" if endpoint else ""
+        text = f"request{where} still failing after retries: {message}"
+        if isinstance(exc, openai.APIConnectionError):
+            text += " (`polars-embed doctor` checks the endpoint)"
     else:
         text = f"the server refused the request ({status}): {message}"
     return ProviderError(text, status_code=status,

@@ -18,6 +18,7 @@ class RunStats:
     duplicate_hits: int = 0  # rows that repeat an earlier row of the same call
     misses: int = 0  # distinct texts sent to the provider
     hit_rows: int = 0  # rows nothing was paid for (cached or repeated): the cache_hit column
+    cached_rows: int = 0  # of those, the first rows of texts the cache had before this run (the rest repeat a row)
     tokens_counted: int = 0
     tokens_billed: int = 0
     cost_usd: float = 0.0

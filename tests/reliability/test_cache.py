@@ -52,11 +52,11 @@ def test_garbage_cache_file_is_one_clear_error_and_clear_force_rebuilds(tmp_path
     directory = tmp_path / "c"
     directory.mkdir()
     (directory / "cache.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(CacheError, match=rf"cannot open the cache at {directory}.*cache clear --force"):
+    with pytest.raises(CacheError, match=rf"cannot open the cache at {directory}.*cache clear --yes --force"):
         DiskCache(directory).get_many([b"k"])
-    assert main(["cache", "clear", "--cache", str(directory)]) == 2
-    assert "cache clear --force" in capsys.readouterr().err
-    assert main(["cache", "clear", "--force", "--cache", str(directory)]) == 0
+    assert main(["cache", "clear", "--yes", "--cache", str(directory)]) == 2
+    assert "cache clear --yes --force" in capsys.readouterr().err
+    assert main(["cache", "clear", "--yes", "--force", "--cache", str(directory)]) == 0
     assert DiskCache(directory).get_many([b"k"]) == [None]
 
 

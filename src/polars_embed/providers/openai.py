@@ -56,7 +56,7 @@ def resolve_dimensions(model: str, dimensions: int | None, *, custom_server: boo
     if model in MODEL_DIMENSIONS:
         return MODEL_DIMENSIONS[model]
     if custom_server:
-        msg = f"model {model!r} is not in the model table; pass dimensions= with its output size"
+        msg = f"model {model!r} has no known output size; pass dimensions= with it"
     else:
         known = ", ".join(sorted(MODEL_DIMENSIONS))
         msg = f"unknown OpenAI model {model!r} (known: {known}); for another server pass base_url= and dimensions="
@@ -93,6 +93,13 @@ class OpenAIProvider:
         self._tokenizer = tokenizer or TiktokenTokenizer("cl100k_base")
         self._client: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, as it may be printed (no credentials)."""
+        parts = urlsplit(self.base_url or "https://api.openai.com/v1")
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path.rstrip('/')}"
 
     @property
     def cache_namespace(self) -> str:
