@@ -18,7 +18,7 @@ def test_stats_frame_has_last_call_and_total(make_embedder):
     df = pl.DataFrame({"text": TEXTS})
     df.with_columns(emb.expr("text"))
     df.with_columns(emb.expr("text"))
-    st = emb.stats()
+    st = emb.stats(full=True)
     assert st["scope"].to_list() == ["last run", "total"]
     last, total = st.row(0, named=True), st.row(1, named=True)
     assert last["misses"] == 0 and last["hit_rows"] == 1500 and last["cost_usd"] == 0
@@ -88,7 +88,8 @@ def test_cache_inspection_by_model(make_embedder):
     pl.DataFrame({"text": TEXTS[:50]}).with_columns(a.expr("text"))
     pl.DataFrame({"text": TEXTS[:20]}).with_columns(b.expr("text"))
     info = a.cache.inspect()
-    assert info["model"].to_list() == ["openai:text-embedding-3-small:32", "openai:text-embedding-3-small:64"]
+    assert info["model"].to_list() == ["text-embedding-3-small"] * 2 and info["dimensions"].to_list() == [32, 64]
+    assert info["provider"].to_list() == ["openai", "openai"]
     assert info["entries"].to_list() == [20, 50]
     assert info["bytes"].to_list()[1] > 50 * 64 * 4
     assert (info["oldest"] <= info["newest"]).all()
@@ -109,6 +110,40 @@ def test_estimate_matches_the_real_bill_within_one_percent(make_embedder, server
     assert est.seconds is None
     limited = estimate(df, "text", embedder=make_embedder(tpm=60_000))
     assert limited.seconds == pytest.approx(limited.tokens_to_pay / 60_000 * 60, abs=0.1)
+
+
+def test_stats_read_first_what_people_come_for(make_embedder):
+    emb = make_embedder()
+    pl.DataFrame({"text": TEXTS}).with_columns(emb.expr("text"))
+    readable = emb.stats()
+    assert readable.columns == ["scope", "rows", "hit rate (%)", "cost (USD)", "saved by the cache (USD)",
+                                "tokens billed", "requests", "seconds"]
+    assert "…" not in repr(readable)  # nothing hidden
+    last = readable.row(0, named=True)
+    assert last["rows"] == 1500 and last["hit rate (%)"] == pytest.approx(100 * (1500 - 400) / 1500, abs=0.05)
+
+
+def test_the_cli_ledger_shows_cost_and_hit_rate(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.setenv("POLARS_EMBED_CACHE", str(tmp_path / "c"))
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"text": TEXTS}).write_parquet(src)
+    main(["run", str(src), str(tmp_path / "o.parquet"), "--model", "text-embedding-3-small", "--dimensions", "8",
+          "--base-url", server.url])
+    capsys.readouterr()
+    assert main(["ledger"]) == 0
+    out = capsys.readouterr().out
+    for column in ("hit rate (%)", "cost (USD)", "saved (USD)", "tokens billed", "status"):
+        assert column in out
+    assert "…" not in out and "1,500" in out
+
+
+def test_cache_stats_names_model_and_dimensions(make_embedder, capsys, tmp_path):
+    emb = make_embedder(model="text-embedding-3-small", dimensions=16)
+    emb.embed(pl.Series("text", ["one", "two"]))
+    assert main(["cache", "stats", "--cache", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "text-embedding-3-small" in out and " 16 " in out and "…" not in out
 
 
 def test_embedder_renders_in_a_notebook(make_embedder):

@@ -66,7 +66,7 @@ def test_a_streaming_collect_is_one_run(make_embedder, server, six_thousand, tmp
     emb = make_embedder(on_error="null", source="streaming test")
     pl.scan_parquet(six_thousand).with_columns(emb.expr("text")).collect(engine="streaming")
     assert emb.last_stats.rows == 6000 and emb.last_stats.distinct == 6000
-    assert emb.stats().row(0, named=True)["rows"] == 6000
+    assert emb.stats(full=True).row(0, named=True)["rows"] == 6000
     records = ledger(tmp_path / "cache" / "ledger.sqlite")
     assert records.height == 1 and records["rows"][0] == 6000
     assert records["tokens_billed"][0] == server.billed_tokens

@@ -115,6 +115,15 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
+def _tag_parts(tag: str | None) -> tuple[str | None, str | None, int | None]:
+    """``"local:local:all-MiniLM-L6-v2:384"`` -> ``("local", "local:all-MiniLM-L6-v2", 384)``."""
+    if not tag or tag.count(":") < 2:
+        return None, tag, None
+    provider, rest = tag.split(":", 1)
+    model, dims = rest.rsplit(":", 1)
+    return provider, model, int(dims) if dims.isdigit() else None
+
+
 def default_cache_dir() -> Path:
     """``$POLARS_EMBED_CACHE``, else the user cache directory (``~/.cache/polars-embed``)."""
     env = os.environ.get("POLARS_EMBED_CACHE")
@@ -324,9 +333,16 @@ class DiskCache:
                " FROM Cache GROUP BY tag ORDER BY tag")
         db = self._db
         rows = db._sql(sql).fetchall() if db is not None else self._read_only.execute(sql).fetchall()  # type: ignore[union-attr]
-        df = pl.DataFrame(rows, schema={"model": pl.String, "entries": pl.Int64, "bytes": pl.Int64,
+        df = pl.DataFrame(rows, schema={"tag": pl.String, "entries": pl.Int64, "bytes": pl.Int64,
                                         "oldest": pl.Float64, "newest": pl.Float64}, orient="row")
-        return df.with_columns(pl.from_epoch(pl.col("oldest", "newest") * 1e6, time_unit="us").dt.replace_time_zone("UTC"))
+        parts = [_tag_parts(tag) for tag in df["tag"].to_list()]  # provider:model:dimensions
+        return df.select(
+            pl.Series("provider", [p[0] for p in parts], pl.String),
+            pl.Series("model", [p[1] for p in parts], pl.String),
+            pl.Series("dimensions", [p[2] for p in parts], pl.Int64),
+            "entries", "bytes",
+            pl.from_epoch(pl.col("oldest", "newest") * 1e6, time_unit="us").dt.replace_time_zone("UTC"),
+        )
 
     def remove_files(self) -> None:
         """Delete the cache's own files (a damaged cache that cannot be opened); the

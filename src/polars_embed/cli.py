@@ -279,16 +279,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
     import polars as pl
 
     from .cache import DiskCache
+    from .show import for_terminal
 
     cache = DiskCache(args.cache)
     try:
         if args.action == "stats":
             st = cache.stats()
-            print(f"path     {st['path']}\nentries  {st['entries']:,}\nbytes    {st['bytes']:,}")
+            size = f"{st['bytes']:,}" if st["bytes"] is not None else "unknown (read-only)"
+            print(f"path     {st['path']}\nentries  {st['entries']:,}\nbytes    {size}")
             by_model = cache.inspect()
             if by_model.height:
-                with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120):
-                    print(by_model)
+                with for_terminal():
+                    print(by_model.with_columns(pl.col("oldest", "newest").dt.strftime("%Y-%m-%d %H:%M")))
         elif args.action == "clear":
             if not _confirmed(args, f"delete every entry of the cache at {cache.directory}? Paid vectors are lost [y/N] "):
                 print("nothing deleted", file=sys.stderr)
@@ -318,21 +320,20 @@ def _confirmed(args: argparse.Namespace, question: str) -> bool:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from .cache import default_cache_dir
     from .ledger import ledger
+    from .show import for_terminal, readable_ledger
 
     directory = args.cache or default_cache_dir()
     df = ledger(f"{directory}/ledger.sqlite").tail(args.last)
     if args.csv:
         print(df.write_csv(), end="")
         return EXIT_OK
-    cols = ["started_at", "source", "model", "rows", "hit_rate", "tokens_billed", "cost_usd", "cost_saved_usd",
-            "requests", "failed_rows", "wall_seconds"]
-    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=160,
-                   fmt_str_lengths=40):
-        print(df.select(cols).with_columns(pl.col("hit_rate").round(3), pl.col("wall_seconds").round(2)))
+    if not df.height:
+        print(f"no run recorded yet in {directory}/ledger.sqlite")
+        return EXIT_OK
+    with for_terminal():
+        print(readable_ledger(df))
     return EXIT_OK
 
 

@@ -219,9 +219,12 @@ class Embedder:
                 f"{html.escape(repr(self.cache))} &middot; {self._stats.runs} runs</p>")
         return head + self.stats()._repr_html_()
 
-    def stats(self) -> pl.DataFrame:
-        """Counters of the last run and of every run so far, as a DataFrame."""
-        return self._stats.frame()
+    def stats(self, *, full: bool = False) -> pl.DataFrame:
+        """The last run and every run so far: rows, hit rate, cost, cost saved, tokens,
+        requests, seconds; ``full=True``: every counter (see ``RunStats``)."""
+        from .show import readable_stats
+
+        return self._stats.frame() if full else readable_stats(self._stats.frame())
 
     @property
     def last_stats(self) -> RunStats:
