@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 .PHONY: demo test install clean
 
 # Embeds the shipped sample offline (no key, no network) and prints the cost/cache summary.
-# Run it twice: the second run is all cache hits. The cache lives in .cache/ here.
+# Run it twice: the second run is all cache hits. It uses the cache the command uses after it
+# ($$POLARS_EMBED_CACHE or the user cache directory; the summary says where).
 demo: $(VENV)/.installed
-	POLARS_EMBED_CACHE=$${POLARS_EMBED_CACHE:-.cache/polars-embed} $(BIN)/polars-embed run data/sample.parquet data/out/sample_embedded.parquet --column text
+	$(BIN)/polars-embed run data/sample.parquet data/out/sample_embedded.parquet --column text
 
 # The package with its test extras (hypothesis, and what executes the notebooks), then the suite.
 test: $(VENV)/.installed-test
