@@ -59,3 +59,41 @@ def test_readme_reuse_example_runs(server, tmp_path):
                           cwd=tmp_path, check=True)
     assert "last run" in proc.stdout and "total" in proc.stdout
     assert (tmp_path / "data" / "out" / "sample_embedded.parquet").exists()
+
+
+def test_readme_cli_transcript_is_what_the_command_prints(tmp_path):
+    """The README's `polars-embed run` transcript, run as written on the shipped sample (the
+    seconds and the cache directory are this machine's)."""
+    import shutil
+
+    m = re.search(r"```console\n\$ (polars-embed run [^\n]+)\n(.*?)```", README, re.DOTALL)
+    assert m, "console block"
+    command, expected = m.group(1).split(), m.group(2)
+    (tmp_path / "data").mkdir()
+    shutil.copy(Path(__file__).parent.parent / "data" / "sample.parquet", tmp_path / "data" / "sample.parquet")
+    exe = Path(sys.executable).parent / "polars-embed"
+    env = {**os.environ, "POLARS_EMBED_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([str(exe), *command[1:]], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+
+    def normal(text: str) -> str:
+        text = re.sub(r"in [\d.]+ s\b", "in N s", text)
+        return re.sub(r"(  cache {10})\S+", r"\1DIR", text)
+
+    assert normal(proc.stderr + proc.stdout) == normal(expected)
+
+
+def test_readme_server_command_starts_the_server():
+    import socket
+
+    m = re.search(r"python -m polars_embed\.testing\.server --port (\d+) &", README)
+    assert m
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "polars_embed.testing.server", "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}/v1" in proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)
