@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test notebooks install clean
 
 # Embeds the shipped sample offline (no key, no network) and prints the cost/cache summary.
 # Run it twice: the second run is all cache hits. It uses the cache the command uses after it
@@ -14,6 +14,14 @@ demo: $(VENV)/.installed
 # The package with its test extras (hypothesis, and what executes the notebooks), then the suite.
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+
+# What the notebooks need (matplotlib, Jupyter), then JupyterLab on notebooks/.
+notebooks: $(VENV)/.installed-jupyter
+	$(BIN)/jupyter lab notebooks/
+
+$(VENV)/.installed-jupyter: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[jupyter]'
+	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 
