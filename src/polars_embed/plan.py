@@ -68,7 +68,7 @@ def as_text(series: pl.Series, column: str) -> pl.Series:
         return series.cast(pl.String)
     if dtype == pl.Null:
         return series.cast(pl.String)
-    msg = f"column {column!r} has dtype {dtype}, but embed_column needs text (String); cast it first"
+    msg = f"column {column!r} has dtype {dtype}, but only text can be embedded (String, Categorical); cast it first"
     raise ColumnTypeError(msg)
 
 
