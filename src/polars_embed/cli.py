@@ -25,6 +25,7 @@ from .errors import (
     CacheError,
     ConfigurationError,
     InputError,
+    LedgerError,
     OutputError,
     PolarsEmbedError,
     ProviderError,
@@ -427,7 +428,7 @@ def _exit_code(exc: PolarsEmbedError) -> int:
         return EXIT_BUDGET
     if isinstance(exc, LockedError):
         return EXIT_LOCKED
-    if isinstance(exc, (ConfigurationError, InputError, CacheError, OutputError)):
+    if isinstance(exc, (ConfigurationError, InputError, CacheError, OutputError, LedgerError)):
         return EXIT_USAGE
     if isinstance(exc, ProviderError):
         return EXIT_PROVIDER

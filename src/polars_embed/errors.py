@@ -67,3 +67,7 @@ class CacheError(PolarsEmbedError):
 
 class OutputError(PolarsEmbedError):
     """The output file cannot be written (finished work is cached all the same)."""
+
+
+class LedgerError(PolarsEmbedError):
+    """The run ledger cannot be read (writing it is best effort and never raises)."""

@@ -335,29 +335,39 @@ class Fetch:
         self.finish(batch, result)
         return None
 
-    def bisect(self, batch: list[Piece], refused: ProviderError) -> None:
+    def bisect(self, batch: list[Piece], refused: ProviderError, *, rows_at_fault: bool = False) -> None:
         """A request refused for one of its inputs: each half is sent again, down to the row.
 
-        While the server has taken none of this embedder's requests, a refusal may be of
-        the request itself (a setting the model refuses): when both halves are refused then,
-        only the first is followed down; if nothing in it is taken either, the request is at
-        fault and that is raised, after a request per halving instead of one per row."""
+        Only while some part is taken: when both halves of a request are refused too, a few
+        single inputs spread over it are tried; if every one is refused, the request itself is
+        at fault (a setting the model refuses, answers that cannot be true) and that is
+        raised, after a handful of requests instead of one per row. Once a part was taken
+        (``rows_at_fault``), the halves are bisected down to their rows."""
         if len(batch) == 1:
-            with self._lock:
-                self.results.errors[batch[0].owner] = str(refused)
+            self.refuse(batch[0], refused)
             return
         half = len(batch) // 2
         halves = [batch[:half], batch[half:]]
         errors = [self.attempt(h) for h in halves]
-        if all(errors) and not self.stage.accepted:
-            self.bisect(halves[0], errors[0])  # type: ignore[arg-type]
-            if not self.stage.accepted:
-                msg = f"the request fails whatever its inputs, down to one input alone: {errors[0]}"
+        rows_at_fault = rows_at_fault or not all(errors)
+        if not rows_at_fault:
+            picks = [batch[i] for i in sorted({0, len(batch) // 4, len(batch) // 2, 3 * len(batch) // 4, len(batch) - 1})]
+            alone = [self.attempt([p]) for p in picks]
+            if all(alone):
+                msg = f"the request fails whatever its inputs ({len(picks)} of them tried alone): {alone[-1]}"
                 raise RequestRefusedError(msg, status_code=refused.status_code)
-            halves, errors = halves[1:], errors[1:]
+            for p, error in zip(picks, alone):
+                if error is not None:
+                    self.refuse(p, error)
+            tried = {id(p) for p in picks}
+            halves = [[p for p in h if id(p) not in tried] for h in halves]
         for part, error in zip(halves, errors):
-            if error is not None:
-                self.bisect(part, error)
+            if error is not None and part:
+                self.bisect(part, error, rows_at_fault=True)
+
+    def refuse(self, piece: Piece, error: ProviderError) -> None:
+        with self._lock:
+            self.results.errors[piece.owner] = str(error)
 
     def on_retry(self, exc: BaseException) -> None:
         with self._lock:
@@ -383,19 +393,27 @@ class Fetch:
             whole = self.n_pieces[owners] == 1
             res.vectors[owners[whole]] = result.vectors[whole]  # the server's vectors, untouched
             if not whole.all():  # chunks: a token-weighted sum, re-normalised once all are back
-                np.add.at(res.vectors, owners[~whole], result.vectors[~whole] * tokens[~whole, None])
+                with np.errstate(over="ignore"):  # an overflow is caught once the chunks are combined
+                    np.add.at(res.vectors, owners[~whole], result.vectors[~whole] * tokens[~whole, None])
             np.subtract.at(self.pending, owners, 1)
             done = np.unique(owners[self.pending[owners] == 0])
             chunked = done[self.n_pieces[done] > 1]
             if len(chunked):
-                norms = np.linalg.norm(res.vectors[chunked], axis=1, keepdims=True)
-                res.vectors[chunked] /= np.where(norms > 0, norms, 1.0)
+                norms = np.linalg.norm(res.vectors[chunked].astype(np.float64), axis=1, keepdims=True)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    res.vectors[chunked] = res.vectors[chunked] / np.where(norms > 0, norms, 1.0)
+                for i in chunked[~np.isfinite(res.vectors[chunked]).all(axis=1)].tolist():  # overflowed: never stored
+                    res.errors[i] = "the chunks' vectors do not combine into a finite vector"
+                done = np.array([i for i in done.tolist() if i not in res.errors], dtype=np.int64)
             items = [(self.keys[i], res.vectors[i], int(res.tokens[i])) for i in done.tolist()]
         try:
+            if getattr(self.cache, "unwritable", None):  # opened read-only, and said so then
+                raise CacheError("unwritable")
             self.cache.set_many(items, tag=self.stage.tag)
         except CacheError as exc:  # paid for: returned all the same, and said once
             with self._lock:
                 self.stats.uncached += len(items)
-            self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
+            if not getattr(self.cache, "unwritable", None):
+                self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
         if self.on_stored is not None:
             self.on_stored(items, done.tolist(), result.billed_tokens)

@@ -88,11 +88,13 @@ def partitions(lf: pl.LazyFrame, column: str, rows: int, source: str | os.PathLi
         yield from lf.collect_batches(chunk_size=rows)
 
 
-def preflight(lf: pl.LazyFrame, output: Path, column: str, name: str, embedder: Embedder) -> None:
+def preflight(lf: pl.LazyFrame, source: Path, output: Path, column: str, name: str, embedder: Embedder) -> None:
     """What can fail before the first request is checked before it: the output path and
     its directory, and output columns the input already has."""
     if output.is_dir():
         raise InputError(f"output {str(output)!r} is a directory; give the path of a .parquet file")
+    if output.exists() and output.resolve() == source.resolve():
+        raise InputError(f"the output {str(output)!r} is the input; give another path")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output.parent):
@@ -171,7 +173,7 @@ def run(
     output = Path(output)
     lf = scan(source)
     require_column(lf, column, source)
-    preflight(lf, output, column, name, embedder)
+    preflight(lf, Path(source), output, column, name, embedder)
     failed: dict[int, str] = {}
     with output_lock(output), embedder.run(source=f"polars-embed run {source}") as r, writing(output) as tmp:
         r.on_progress = on_progress
@@ -202,7 +204,8 @@ def writing(output: Path) -> Iterator[Path]:
         with atomic_file(output) as tmp:
             yield tmp
     except OSError as exc:
-        msg = f"cannot write the output {str(output)!r} ({exc.strerror or exc}); finished requests are cached"
+        msg = (f"cannot write the output {str(output)!r} ({exc.strerror or exc}); finished requests are in the "
+               f"cache, unless a warning said it could not be written")
         raise OutputError(msg) from exc
 
 

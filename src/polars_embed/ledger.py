@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from .cache import default_cache_dir
+from .errors import LedgerError
 from .stats import RunStats
 
 if TYPE_CHECKING:
@@ -119,17 +120,35 @@ class Ledger:
                 warnings.warn(f"polars-embed: cannot write the run ledger {self.path} ({exc}); "
                               f"results are returned, the record is skipped", stacklevel=3)
 
+    def _rows(self) -> list[tuple[object, ...]]:
+        """Every record; read-only when the ledger cannot be written (a full disk): then the
+        columns an older version did not write are null."""
+        try:
+            return self._select(self._connect())
+        except sqlite3.OperationalError:
+            try:
+                return self._select(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True))
+            except sqlite3.OperationalError:  # a WAL nobody can write is read as it stands
+                return self._select(sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True))
+
+    @staticmethod
+    def _select(con: sqlite3.Connection) -> list[tuple[object, ...]]:
+        try:
+            have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+            columns = ", ".join(f'"{c}"' if c in have else "NULL" for c in _COLUMNS)
+            return con.execute(f"SELECT {columns} FROM runs ORDER BY started_at").fetchall()
+        finally:
+            con.close()
+
     def frame(self) -> pl.DataFrame:
         """Every record, oldest first, with a derived ``hit_rate`` column."""
-        if not self.path.exists():
-            rows: list[tuple[object, ...]] = []
-        else:
-            con = self._connect()
+        rows: list[tuple[object, ...]] = []
+        if self.path.exists():
             try:
-                columns = ", ".join(f'"{c}"' for c in _COLUMNS)
-                rows = con.execute(f"SELECT {columns} FROM runs ORDER BY started_at").fetchall()
-            finally:
-                con.close()
+                rows = self._rows()
+            except (sqlite3.Error, OSError) as exc:
+                msg = f"cannot read the run ledger at {self.path} ({exc})"
+                raise LedgerError(msg) from exc
         schema: dict[str, Any] = {c: pl.String for c in _COLUMNS[:6]} | {"dimensions": pl.Int64}
         schema |= {f: pl.Float64 if f in _REAL else pl.Int64 for f in _FIELDS} | {"status": pl.String}
         df = pl.DataFrame(rows, schema=schema, orient="row")

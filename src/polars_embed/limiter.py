@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 
+#: A tokens/min limit below this, said by a server, is not believed (no API's quota is as small;
+#: at 100 tokens/min a 3,000-token request would wait half an hour).
+MIN_TPM = 1000
+
+
 class Limiter(Protocol):
     """What a run needs from a rate limiter."""
 
@@ -102,8 +107,8 @@ class RateLimiter:
                     limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
                     remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
                     attr, level = ("rpm", "_req") if kind == "requests" else ("tpm", "_tok")
-                    if limit is not None and limit < 1:
-                        limit = None  # "0 per minute" cannot be a quota; a header that says so is ignored
+                    if limit is not None and limit < (1 if kind == "requests" else MIN_TPM):
+                        limit = None  # no API's quota is this small: a header that says so is ignored
                     if limit and attr not in self._configured:
                         if getattr(self, attr) is None:  # first sight: start from what is left
                             setattr(self, level, float(remaining if remaining is not None else limit))

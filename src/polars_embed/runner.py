@@ -21,8 +21,10 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
+    stop_any,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from .errors import PolarsEmbedError, ProviderError
 from .limiter import AdaptiveConcurrency, RateLimiter
@@ -68,8 +70,18 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 log = logging.getLogger("polars_embed")
 
+#: Attempts at most for a request whose answers are malformed (a real API bills each).
+MALFORMED_ATTEMPTS = 3
 #: The longest wait between two attempts, and the longest pause a 429 may impose (seconds).
 MAX_WAIT = 60.0
+
+
+class stop_malformed(stop_base):
+    """An answer that cannot be true is retried less than other failures: each is billed."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return isinstance(exc, MalformedResponse) and retry_state.attempt_number >= MALFORMED_ATTEMPTS
 
 
 class wait_retry_after:
@@ -168,7 +180,7 @@ class Runner:
             self._say_retrying(exc, state.attempt_number)
 
         retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
+            stop=stop_any(stop_after_attempt(self.max_attempts), stop_after_delay(self.max_retry_seconds), stop_malformed()),
             wait=wait_retry_after(wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5),
                                  min(MAX_WAIT, self.max_retry_seconds)),
             retry=retry_if_exception(is_retryable),

@@ -147,9 +147,11 @@ def test_the_cli_checks_what_it_can_before_paying(server, tmp_path, inputs, caps
     assert _cli(server, inputs, tmp_path / "o.parquet") == 0
     capsys.readouterr()
     assert _cli(server, tmp_path / "o.parquet", tmp_path / "o.parquet") == 2  # a rerun on its own output
+    assert "is the input" in capsys.readouterr().err
+    assert _cli(server, tmp_path / "o.parquet", tmp_path / "o2.parquet") == 2  # embedding an output again
     assert "already has the output column 'embedding'" in capsys.readouterr().err
     assert server.requests == 1  # only the one good run paid
-    report(refused_before_paying=4, requests=server.requests)
+    report(refused_before_paying=5, requests=server.requests)
 
 
 def _twice() -> bytes:
@@ -198,6 +200,20 @@ def test_outputs_honour_the_umask_and_keep_a_replaced_files_mode(server, tmp_pat
         os.umask(old)
 
 
+def test_the_output_cannot_be_the_input(server, tmp_path, inputs, capsys):
+    csv = tmp_path / "in.csv"
+    csv.write_text("text\nhello\n")
+    assert _cli(server, csv, csv) == 2
+    assert "is the input" in capsys.readouterr().err and csv.read_text() == "text\nhello\n"
+
+
+def test_an_unreadable_ledger_is_one_sentence(tmp_path, capsys):
+    (tmp_path / "ledger.sqlite").write_bytes(b"not a database" * 100)
+    assert main(["ledger", "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("polars-embed: error: cannot read the run ledger") and len(err.splitlines()) == 1
+
+
 def test_a_failed_run_is_recorded_as_failed(server, tmp_path, inputs, monkeypatch):
     monkeypatch.setenv("POLARS_EMBED_CACHE", str(tmp_path / "c"))
     server.configure(faults=Faults(fail_after=0))
@@ -223,6 +239,23 @@ def test_the_cli_says_a_refused_request_is_a_configuration_error(server, tmp_pat
     server.configure(faults=Faults(refuse_all="This model does not support specifying dimensions=8."))
     assert _cli(server, inputs, tmp_path / "o.parquet") == 2
     assert "whatever its inputs" in capsys.readouterr().err
+
+
+def test_a_request_refused_whole_after_others_were_taken_is_still_one_error(server, tmp_path):
+    emb = make(server, tmp_path)
+    emb.embed(pl.Series("text", ["taken first"]))
+    server.configure(faults=Faults(refuse_all="The model is gone."))
+    server.reset_log()
+    with pytest.raises(RequestRefusedError):
+        emb.embed(pl.Series("text", [f"after {i}" for i in range(200)]))
+    assert server.requests <= 10
+
+
+def test_a_first_half_of_bad_rows_is_rows_not_a_refused_request(server, tmp_path):
+    server.configure(faults=Faults(poison=["BAD"]))
+    texts = [f"BAD {i}" for i in range(500)] + [f"good {i}" for i in range(499)] + ["BAD last"]
+    out = make(server, tmp_path, on_error="null").embed(pl.Series("text", texts))
+    assert out["embedding_error"].is_not_null().sum() == 501 and exact(out[500:999], texts[500:999])
 
 
 def test_two_bad_rows_in_the_first_request_are_rows_not_a_refused_request(server, tmp_path):
@@ -253,12 +286,16 @@ def test_what_a_server_says_about_its_quota_is_clamped(server, tmp_path, report)
                                             "x-ratelimit-limit-requests": "-1"}))
     emb = make(server, tmp_path)
     started = time.perf_counter()
-    assert exact(emb.embed(pl.Series("text", texts)), texts)  # learns 100 tokens/min: no division by zero
-    assert emb.runner.limiter.tpm == 100 and emb.runner.limiter.rpm is None  # -1 requests/min is no quota
+    assert exact(emb.embed(pl.Series("text", texts)), texts)  # no division by zero
+    # 100 tokens/min is no API's quota (a 3,000-token request would wait half an hour): not believed;
+    # -1 requests/min is no quota either
+    assert emb.runner.limiter.tpm is None and emb.runner.limiter.rpm is None
     more = [f"second call {i}" for i in range(5)]
     assert exact(emb.embed(pl.Series("text", more)), more)
     assert time.perf_counter() - started < 10
     report(header_limit_tokens=100, header_limit_requests=-1, seconds=round(time.perf_counter() - started, 2))
+    emb.runner.limiter.observe({"x-ratelimit-limit-tokens": "40000", "x-ratelimit-remaining-tokens": "40000"})
+    assert emb.runner.limiter.tpm == 40000  # a real quota is learned
 
 
 @pytest.mark.parametrize("retry_after", ["3601", "inf", "nan", "-3"])
@@ -300,6 +337,15 @@ def test_impossible_vectors_are_a_row_error_and_never_cached(server, tmp_path, k
     report(vector=kind, failed_rows=1, cached=False)
 
 
+def test_chunks_that_do_not_combine_into_a_finite_vector_are_a_row_error(server, tmp_path):
+    server.configure(faults=Faults(bad_vectors={"word": "huge"}))  # finite, but their weighted sum overflows
+    long = " ".join(f"word{i}" for i in range(9000))
+    emb = make(server, tmp_path, on_error="null", on_long_input="chunk")
+    out = emb.embed(pl.Series("text", [long, "fine"]))
+    assert out["embedding"][0] is None and "finite" in out["embedding_error"][0]
+    assert emb.cache.get_many(content_keys([long], emb.key_prefix())) == [None]
+
+
 @pytest.mark.parametrize("usage", [-5, 1e30, 2.5])
 def test_impossible_usage_is_not_believed(server, tmp_path, usage):
     server.configure(faults=Faults(usage=usage))
@@ -338,6 +384,15 @@ def test_a_key_the_server_echoes_is_redacted_everywhere(server, tmp_path, echo, 
         if path.is_file() and path != src:
             assert KEY.encode() not in path.read_bytes() and KEY[-4:].encode() not in path.read_bytes(), path
     report(echo=echo, key_found=0)
+
+
+def test_redaction_covers_keys_ending_in_any_character():
+    from polars_embed.providers.openai import OpenAIProvider
+
+    key = "sk-proj-Zq81xYwAbC-"
+    provider = OpenAIProvider(base_url="http://x/v1", dimensions=8, api_key=key)
+    said = provider.redact(f"Incorrect API key provided: sk-************AbC-. Also {key}.")
+    assert "AbC-" not in said and key not in said
 
 
 def test_doctor_never_prints_credentials_in_a_url(server, capsys):

@@ -157,7 +157,7 @@ class OpenAIProvider:
         if len(key) < 8:
             return text.replace(key, "[key]") if key else text
         text = text.replace(key, "[key]")
-        return re.sub(rf"\S*{re.escape(key[-4:])}\b", "[key]", text)
+        return re.sub(rf"\S*{re.escape(key[-4:])}", "[key]", text)
 
     def prepare(self) -> None:
         """Build the client ahead of the first request (about 0.1 s: an HTTP client and an

@@ -74,7 +74,7 @@ class Faults:
     fail_after: int | None = None  # every request after this many answers 500 (a permanent fault)
     refuse_all: str | None = None  # every request answers 400 with this message (a setting the model refuses)
     headers: dict[str, str] = field(default_factory=dict)  # sent with every answer (what a server may say)
-    bad_vectors: dict[str, str] = field(default_factory=dict)  # input containing key -> "nan", "inf" or "zero"
+    bad_vectors: dict[str, str] = field(default_factory=dict)  # input containing key -> "nan", "inf", "zero", "huge"
     usage: float | None = None  # prompt_tokens to report instead of the real count
     echo_key: str | None = None  # "full" or "masked": 400s quote the caller's key, as some servers do
     seed: int = 0
@@ -339,7 +339,7 @@ class EmbeddingServer:
         for i, t in enumerate(texts):
             kind = next((k for needle, k in faults.bad_vectors.items() if needle in t), None)
             if kind is not None:
-                vectors[i] = {"nan": np.nan, "inf": np.inf, "zero": 0.0}[kind]
+                vectors[i] = vectors[i] * 3e38 if kind == "huge" else {"nan": np.nan, "inf": np.inf, "zero": 0.0}[kind]
         data = [
             {"object": "embedding", "index": i, "embedding": _encode(vec, req.get("encoding_format"))}
             for i, vec in enumerate(vectors)
