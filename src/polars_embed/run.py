@@ -330,14 +330,18 @@ class Call:
         damaged_before = getattr(self.cache, "damaged", 0)
         found = self.cache.get_many([self.keys[i] for i in idx]) if len(idx) else []
         dim = self.res.vectors.shape[1]
-        good = [v is not None and v[0].shape == (dim,) and bool(np.isfinite(v[0]).all()) and v[0].any() for v in found]
-        self.stats.cache_damaged += sum(v is not None and not ok for v, ok in zip(found, good))
+        sized = [j for j, v in enumerate(found) if v is not None and len(v[0]) == dim]
+        good = np.zeros(len(found), dtype=bool)
+        if sized:
+            mat = np.stack([found[j][0] for j in sized])  # type: ignore[index]
+            ok = np.isfinite(mat).all(axis=1) & mat.any(axis=1)
+            where = idx[np.asarray(sized)[ok]]
+            self.res.vectors[where] = mat[ok]
+            self.res.tokens[where] = [found[j][1] for j, keep in zip(sized, ok) if keep]  # type: ignore[index]
+            good[np.asarray(sized)[ok]] = True
+        self.stats.cache_damaged += sum(v is not None for v in found) - int(good.sum())
         self.stats.cache_damaged += getattr(self.cache, "damaged", 0) - damaged_before
-        where = [i for i, ok in zip(idx.tolist(), good) if ok]
-        if where:
-            self.res.vectors[where] = np.stack([v[0] for v, ok in zip(found, good) if ok])  # type: ignore[index]
-            self.res.tokens[where] = [v[1] for v, ok in zip(found, good) if ok]  # type: ignore[index]
-        return np.array(good, dtype=bool)
+        return good
 
     def account(self, price: float, wall_seconds: float) -> tuple[np.ndarray, list[Failure]]:
         """Complete the call's figures; returns its hit rows and its failures."""
