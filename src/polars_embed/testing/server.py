@@ -411,6 +411,9 @@ def _error(message: str, code: str | None) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body are two writes: with Nagle on, the body of every answer on a kept-alive
+    # connection waited for the client's delayed ACK, 40 ms that no real API adds
+    disable_nagle_algorithm = True
     server_state: EmbeddingServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
