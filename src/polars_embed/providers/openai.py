@@ -79,6 +79,7 @@ class OpenAIProvider:
         timeout: float = 60.0,
         limits: Limits | None = None,
         tokenizer: Tokenizer | None = None,
+        send_dimensions: bool | None = None,
     ) -> None:
         self.model = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -86,7 +87,8 @@ class OpenAIProvider:
             msg = f"base_url {self.base_url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1"
             raise ConfigurationError(msg)
         self.dimensions = resolve_dimensions(model, dimensions, custom_server=self.base_url is not None)
-        self._send_dimensions = dimensions is not None
+        # sent when asked for (a proxy knows a model's native size without sending it)
+        self._send_dimensions = dimensions is not None if send_dimensions is None else send_dimensions
         self._api_key = api_key
         self.timeout = timeout
         self.limits = limits or Limits()

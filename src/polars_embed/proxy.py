@@ -1,0 +1,410 @@
+"""The caching proxy's core: an OpenAI ``POST /v1/embeddings`` answered from the cache,
+with only the misses sent upstream (``polars-embed serve``; the HTTP side is ``serve.py``).
+
+A request is parsed and checked as OpenAI checks it (``parse_request``), its inputs become
+one ``Embedder.embed`` call of the embedder for its model and dimensions: the same plan,
+cache keys, packing, limiter and in-flight dedupe as ``embed_column``, so a proxy and a
+dataframe job on the same cache share entries, and two clients asking for the same text at
+once pay for it once. The answer keeps the input order and indices, in ``float`` or
+``base64`` (not part of the cache key, nor is ``user``), and says in headers whether it
+was a ``HIT``, a ``MISS`` or ``PARTIAL``, how many inputs were hits and what it cost.
+
+Clients present proxy keys (stored hashed, ``Keys``); the upstream key stays here. Usage
+is kept per proxy key: in the metrics and in one ledger record per key and model,
+updated every few seconds (``Proxy.flush``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from .errors import (
+    ConfigurationError,
+    LongInputError,
+    PolarsEmbedError,
+    ProviderError,
+    RequestRefusedError,
+)
+from .run import Run
+from .runner import status_of
+
+if TYPE_CHECKING:
+    from .cache import Cache
+    from .embedder import Embedder
+    from .ledger import Ledger
+    from .limiter import Limiter
+    from .providers.base import BatchResult, Provider
+
+log = logging.getLogger("polars_embed.proxy")
+
+#: OpenAI's limit on inputs in one request.
+MAX_INPUTS = 2048
+#: Embedders (model x dimensions) one proxy keeps; more is a client trying every size.
+MAX_EMBEDDERS = 32
+#: A key's ledger record is a run of at most this many rows; then a new record starts.
+RUN_ROWS = 10_000_000
+ANONYMOUS = "anonymous"
+
+
+class OpenAIError(Exception):
+    """An answer in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# -- keys ---------------------------------------------------------------------------------------
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class Keys:
+    """Proxy keys by name, stored as SHA-256 hashes in a JSON file (``{"keys": {name: hash}}``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            data = json.loads(self.path.read_text()) if self.path.exists() else {"keys": {}}
+            self.hashes: dict[str, str] = dict(data["keys"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            msg = f"cannot read the proxy keys file {self.path} ({exc}); it holds {{\"keys\": {{name: hash}}}}"
+            raise ConfigurationError(msg) from None
+
+    def add(self, name: str) -> str:
+        """A new key for ``name`` (returned once, only its hash is written)."""
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            msg = f"a key name is letters, digits, '-' and '_', got {name!r}"
+            raise ConfigurationError(msg)
+        key = "pe-" + secrets.token_urlsafe(32)
+        self.hashes[name] = hash_key(key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"keys": self.hashes}, indent=2) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self.path)
+        return key
+
+    def name_of(self, key: str) -> str | None:
+        """The name of ``key``, or None for a key this file does not hold."""
+        digest = hash_key(key)
+        found = None
+        for name, stored in self.hashes.items():  # every entry compared, in constant time each
+            if hmac.compare_digest(stored, digest):
+                found = name
+        return found
+
+
+# -- requests -----------------------------------------------------------------------------------
+@dataclass
+class EmbeddingRequest:
+    model: str
+    inputs: list[str | list[int]]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+
+
+def _bad(message: str, param: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param)
+
+
+def parse_request(body: bytes) -> EmbeddingRequest:
+    """The body of ``POST /v1/embeddings``, checked as OpenAI checks it (400 otherwise)."""
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                   "your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
+    if not isinstance(req, dict):
+        raise _bad("The body of your request must be a JSON object.")
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("you must provide a model parameter", "model")
+    raw = req.get("input")
+    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(_is_token(t) for t in raw)):
+        raw = [raw]  # one text, or one token array
+    if not isinstance(raw, list) or not raw:
+        raise _bad("'$.input' is invalid: give a string, an array of strings or an array of token arrays.", "input")
+    if len(raw) > MAX_INPUTS:
+        raise _bad(f"'$.input' is invalid: array must have at most {MAX_INPUTS} items, got {len(raw)}.", "input")
+    for i, x in enumerate(raw):
+        if isinstance(x, str):
+            if not x.strip():
+                raise _bad(f"'$.input[{i}]' is invalid: an input cannot be empty or only whitespace.", "input")
+        elif not (isinstance(x, list) and x and all(_is_token(t) for t in x)):
+            raise _bad(f"'$.input[{i}]' is invalid: each input is a non-empty string or array of tokens.", "input")
+    fmt = req.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise _bad(f"'{fmt}' is not one of ['float', 'base64'] - 'encoding_format'", "encoding_format")
+    dims = req.get("dimensions")
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
+        raise _bad(f"'$.dimensions' is invalid: a positive integer, got {dims!r}.", "dimensions")
+    return EmbeddingRequest(model, raw, fmt, dims)
+
+
+def _is_token(t: object) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31
+
+
+# -- the proxy ----------------------------------------------------------------------------------
+@dataclass
+class ProxyConfig:
+    """What ``polars-embed serve`` is started with (see ``polars-embed serve --help``)."""
+
+    upstream_base_url: str | None = None  # default: $OPENAI_BASE_URL or OpenAI
+    upstream_api_key: str | None = None  # default: $OPENAI_API_KEY; never leaves the proxy
+    cache: Cache | str | os.PathLike[str] | bool | None = None
+    keys: Keys | None = None  # None: any client (the proxy listens on loopback then)
+    on_long_input: str = "error"  # OpenAI's answer (400); or "truncate"
+    rpm: float | None = None
+    tpm: float | None = None
+    max_workers: int = 16
+    timeout: float = 60.0
+    ledger: str | os.PathLike[str] | bool | None = None
+    dimensions: dict[str, int] = field(default_factory=dict)  # model -> native size, for models not in the table
+    price_per_million: dict[str, float] = field(default_factory=dict)
+    flush_seconds: float = 2.0
+
+
+class _Timed:
+    """The upstream provider, with each request's latency and 429s counted in the metrics."""
+
+    def __init__(self, inner: Provider, metrics: Any) -> None:
+        self._inner, self._metrics = inner, metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed(self, texts: list[str]) -> BatchResult:
+        started = time.perf_counter()
+        try:
+            result = self._inner.embed(texts)
+            self._metrics.upstream_tokens.inc(result.billed_tokens)
+            return result
+        except Exception as exc:
+            if status_of(exc) == 429:
+                self._metrics.upstream_429.inc()
+            raise
+        finally:
+            self._metrics.upstream_seconds.observe(time.perf_counter() - started)
+
+
+class Proxy:
+    """Answers embedding requests from the cache and the upstream (framework-free)."""
+
+    def __init__(self, config: ProxyConfig, metrics: Any | None = None) -> None:
+        from .cache import open_cache
+        from .ledger import open_ledger
+        from .limiter import RateLimiter
+        from .validate import check_number, check_settings
+
+        check_settings(rpm=config.rpm, tpm=config.tpm, price_per_million=None, max_cost=None, max_attempts=8,
+                       max_workers=config.max_workers, timeout=config.timeout, max_retry_seconds=300.0)
+        for model, price in config.price_per_million.items():
+            check_number(f"the price of {model!r}", price, at_least=0, unit=" (US dollars per 1M tokens)")
+        for model, size in config.dimensions.items():
+            check_number(f"the dimensions of {model!r}", size, at_least=1)
+        if config.on_long_input not in ("error", "truncate"):
+            msg = f"on_long_input must be 'error' or 'truncate' for the proxy, got {config.on_long_input!r}"
+            raise ConfigurationError(msg)
+        self.config = config
+        self.metrics = metrics
+        self.api_key = config.upstream_api_key or os.environ.get("OPENAI_API_KEY")
+        self.base_url = config.upstream_base_url or os.environ.get("OPENAI_BASE_URL")
+        self.cache = open_cache(config.cache)
+        self.ledger: Ledger | None = open_ledger(config.ledger, self.cache)
+        self.limiter: Limiter = RateLimiter(config.rpm, config.tpm)  # one quota for every model
+        self._embedders: dict[tuple[str, int | None], Embedder] = {}
+        self._runs: dict[tuple[str, int | None, str], Run] = {}
+        self._dirty: set[tuple[str, int | None, str]] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="polars-embed-ledger", daemon=True)
+        self._flusher.start()
+
+    # -- who -----------------------------------------------------------------------------------
+    def authenticate(self, authorization: str | None) -> str:
+        """The proxy key's name; 401 for a missing or unknown key (when keys are configured)."""
+        keys = self.config.keys
+        if keys is None:
+            return ANONYMOUS
+        key = (authorization or "").removeprefix("Bearer ").strip()
+        name = keys.name_of(key) if key else None
+        if name is None:
+            msg = "You didn't provide an API key." if not key else "Incorrect API key provided."
+            raise OpenAIError(401, msg, code="invalid_api_key")
+        return name
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def embedder(self, model: str, dimensions: int | None) -> Embedder:
+        from .embedder import Embedder
+        from .providers import OpenAIProvider
+
+        with self._lock:
+            emb = self._embedders.get((model, dimensions))
+            if emb is not None:
+                return emb
+            if len(self._embedders) >= MAX_EMBEDDERS:
+                raise _bad(f"this proxy serves at most {MAX_EMBEDDERS} model and dimensions pairs", "model")
+            if model.startswith("local:"):
+                raise _bad("the proxy serves the upstream's models, not local ones", "model")
+            cfg = self.config
+            dims = dimensions if dimensions is not None else cfg.dimensions.get(model)
+            try:
+                provider = OpenAIProvider(model, dimensions=dims, base_url=self.base_url, api_key=self.api_key,
+                                          timeout=cfg.timeout, send_dimensions=dimensions is not None)
+            except ConfigurationError as exc:
+                raise _bad(str(exc).replace("pass dimensions= with it", "send dimensions, or start the proxy "
+                                            "with --model-dimensions MODEL=N"), "model") from None
+            emb = Embedder(provider=_Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
+                           ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
+                           on_error="null", max_workers=cfg.max_workers, limiter=self.limiter,
+                           price_per_million=cfg.price_per_million.get(model), source="serve")
+            self._embedders[(model, dimensions)] = emb
+            return emb
+
+    def _run(self, req: EmbeddingRequest, key: str) -> Run:
+        """The open ledger run of this key for this model (a new one after RUN_ROWS rows)."""
+        slot = (req.model, req.dimensions, key)
+        with self._lock:
+            run = self._runs.get(slot)
+            if run is None or run.stats.rows >= RUN_ROWS:
+                if run is not None:
+                    run.close("ok")
+                    self._dirty.add(slot)
+                    self._write(slot, run)
+                run = self._runs[slot] = Run(f"serve:{key}", open_ended=True)
+            self._dirty.add(slot)
+            return run
+
+    def embed(self, req: EmbeddingRequest, key: str = ANONYMOUS) -> tuple[dict[str, Any], dict[str, str]]:
+        """The answer body and headers of one request, or an ``OpenAIError``."""
+        emb = self.embedder(req.model, req.dimensions)
+        texts = [x if isinstance(x, str) else self._decode(emb, x, i) for i, x in enumerate(req.inputs)]
+        try:
+            out = emb.embed(pl.Series("input", texts, dtype=pl.String), column="input", run=self._run(req, key))
+        except PolarsEmbedError as exc:
+            raise self._error(emb, exc) from None
+        errors = out["embedding_error"]
+        if errors.null_count() < len(errors):
+            i = int(errors.is_not_null().arg_max())  # type: ignore[arg-type]
+            others = len(errors) - errors.null_count() - 1
+            more = f" ({others} other inputs failed too; the rest are cached)" if others else ""
+            raise _bad(f"'$.input[{i}]' was refused upstream: {self._scrub(emb, errors[i])}{more}", "input")
+        hits = int(out["embedding_cache_hit"].sum())
+        tokens = int(out["embedding_tokens"].sum())
+        vectors = out["embedding"].to_numpy()
+        body = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+                     for i, v in enumerate(vectors)],
+            "model": req.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        cost = float(out["embedding_cost_usd"].sum())
+        state = "HIT" if hits == len(texts) else "MISS" if hits == 0 else "PARTIAL"
+        headers = {"x-polars-embed-cache": state, "x-polars-embed-cache-hits": str(hits),
+                   "x-polars-embed-cost-usd": repr(cost)}
+        if self.metrics is not None:
+            m = self.metrics
+            m.inputs.labels(key, "hit").inc(hits)
+            m.inputs.labels(key, "miss").inc(len(texts) - hits)
+            m.cost.labels(key).inc(cost)
+            m.tokens.labels(key).inc(int(out.filter(~pl.col("embedding_cache_hit"))["embedding_tokens"].sum()))
+        return body, headers
+
+    def _decode(self, emb: Embedder, ids: list[int], i: int) -> str:
+        """A token array as the text it encodes, when that text encodes back to the same tokens
+        (then the upstream embeds the same tokens and the cache entry is the text's)."""
+        tokenizer = emb.provider.tokenizer()
+        try:
+            text = tokenizer.decode(ids)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - ids outside the vocabulary
+            raise _bad(f"'$.input[{i}]' is invalid: token ids outside the model's vocabulary.", "input") from None
+        if not text.strip() or tokenizer.encode_batch([text])[0] != ids:
+            raise _bad(f"'$.input[{i}]' is invalid here: these tokens are not the encoding of a text (split in the "
+                       "middle of a character?); send the text instead.", "input")
+        return text
+
+    def _error(self, emb: Embedder, exc: PolarsEmbedError) -> OpenAIError:
+        message = self._scrub(emb, str(exc).splitlines()[0])
+        if isinstance(exc, LongInputError):
+            return OpenAIError(400, message, param="input", code="context_length_exceeded")
+        if isinstance(exc, RequestRefusedError):
+            status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
+            return OpenAIError(status, message)
+        if isinstance(exc, ProviderError):
+            code = exc.status_code
+            if code in (401, 403):  # the proxy's credentials, not the client's
+                return OpenAIError(502, "the upstream refused the proxy's credentials", kind="upstream_error")
+            if code == 404:
+                return OpenAIError(404, message, code="model_not_found")
+            if code == 429:
+                return OpenAIError(429, f"the upstream's rate limit: {message}", kind="rate_limit_exceeded")
+            return OpenAIError(502, f"the upstream failed: {message}", kind="upstream_error")
+        if isinstance(exc, ConfigurationError):
+            return OpenAIError(400, message)
+        return OpenAIError(503, message, kind="server_error")
+
+    def _scrub(self, emb: Embedder, text: str) -> str:
+        """Never the upstream key in an answer, a log or the metrics (the provider redacts it
+        too; this is the last line)."""
+        redact = getattr(emb.provider, "redact", None)
+        text = redact(text) if callable(redact) else text
+        return text.replace(self.api_key, "[upstream key]") if self.api_key else text
+
+    # -- ledger --------------------------------------------------------------------------------
+    def _write(self, slot: tuple[str, int | None, str], run: Run) -> None:
+        emb = self._embedders.get(slot[:2])
+        if self.ledger is None or emb is None:
+            return
+        meta = {"provider": emb.provider.name, "model": emb.model, "dimensions": str(emb.dimensions)}
+        self.ledger.record(run, meta)
+
+    def flush(self) -> None:
+        """Write the records of the keys that were used since the last flush."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            runs = [(slot, self._runs[slot]) for slot in dirty if slot in self._runs]
+        for slot, run in runs:
+            self._write(slot, run)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.config.flush_seconds):
+            self.flush()
+
+    def close(self) -> None:
+        """Close every key's run (written with its final figures), the clients and the cache."""
+        self._stop.set()
+        with self._lock:
+            for slot, run in self._runs.items():
+                run.close("ok")
+                self._dirty.add(slot)
+        self.flush()
+        for emb in list(self._embedders.values()):
+            emb.runner.close()
+        self.cache.close()
+
+
+def _encode(vector: np.ndarray, fmt: str) -> Any:
+    if fmt == "base64":
+        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode()
+    return vector.tolist()  # float32 -> the nearest double, which parses back to the same float32

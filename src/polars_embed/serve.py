@@ -1,0 +1,225 @@
+"""``polars-embed serve``: the caching proxy (``proxy.py``) over HTTP, on Starlette under uvicorn.
+
+Routes: ``POST /v1/embeddings`` (as OpenAI answers it), ``GET /v1/models`` (passed through
+from the upstream), ``GET /health`` and ``GET /metrics`` (Prometheus). Every error is in
+OpenAI's shape and status; a bad request is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError
+from .proxy import ANONYMOUS, OpenAIError, Proxy, ProxyConfig, parse_request
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+log = logging.getLogger("polars_embed.serve")
+
+#: Largest request body read (2,048 inputs of 8,191 tokens as token arrays fit).
+MAX_BODY = 200 * 2**20
+
+
+class Metrics:
+    """The proxy's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("polars_embed_proxy_requests", "Embedding requests answered, by proxy key and status",
+                                ["key", "status"], registry=r)
+        self.inputs = Counter("polars_embed_proxy_inputs", "Inputs answered, by proxy key and cache result (hit, miss)",
+                              ["key", "result"], registry=r)
+        self.tokens = Counter("polars_embed_proxy_tokens", "Tokens of the inputs paid for, by proxy key", ["key"],
+                              registry=r)
+        self.cost = Counter("polars_embed_proxy_cost_usd", "US dollars paid upstream, by proxy key", ["key"], registry=r)
+        self.upstream_tokens = Counter("polars_embed_proxy_upstream_tokens_billed",
+                                       "Tokens the upstream billed (its usage field)", registry=r)
+        self.upstream_seconds = Histogram("polars_embed_proxy_upstream_request_seconds",
+                                          "Latency of each upstream request (retries each counted)", registry=r,
+                                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.upstream_429 = Counter("polars_embed_proxy_upstream_429", "429 answers from the upstream", registry=r)
+        self.seconds = Histogram("polars_embed_proxy_request_seconds", "Latency of each embedding request",
+                                 ["cache"], registry=r,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+def create_app(config: ProxyConfig) -> Starlette:
+    """The ASGI app; the proxy is closed (every key's ledger record written) at shutdown."""
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    metrics = Metrics()
+    proxy = Proxy(config, metrics)
+
+    def error(exc: OpenAIError) -> Response:
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    async def embeddings(request: Request) -> Response:
+        started, key, cache = time.perf_counter(), ANONYMOUS, "none"
+        try:
+            key = proxy.authenticate(request.headers.get("authorization"))
+            body = await _read(request)
+            req = parse_request(body)
+            payload, headers = await run_in_threadpool(proxy.embed, req, key)
+            cache = headers["x-polars-embed-cache"].lower()
+            response: Response = Response(json.dumps(payload), media_type="application/json", headers=headers)
+        except OpenAIError as exc:
+            response = error(exc)
+        except Exception:  # a bug of ours: said once in the log, never the key, never a traceback to the client
+            log.exception("embedding request failed")
+            response = error(OpenAIError(500, "the proxy failed on this request; see its log", kind="server_error"))
+        metrics.requests.labels(key, str(response.status_code)).inc()
+        if response.status_code == 200:
+            metrics.seconds.labels(cache).observe(time.perf_counter() - started)
+        return response
+
+    async def models(request: Request) -> Response:
+        try:
+            proxy.authenticate(request.headers.get("authorization"))
+            status, body = await run_in_threadpool(_upstream_models, proxy)
+        except OpenAIError as exc:
+            return error(exc)
+        return Response(body, status_code=status, media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "cache": str(getattr(proxy.cache, "directory", "none"))})
+
+    async def metrics_route(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        try:
+            yield
+        finally:
+            await run_in_threadpool(proxy.close)
+
+    app = Starlette(routes=[
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.proxy = proxy
+    return app
+
+
+async def _read(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
+    return body
+
+
+def _upstream_models(proxy: Proxy) -> tuple[int, bytes]:
+    """``GET /v1/models`` of the upstream, with the proxy's key (its answer as it is)."""
+    import urllib.error
+    import urllib.request
+
+    base = (proxy.base_url or "https://api.openai.com/v1").rstrip("/")
+    request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {proxy.api_key or ''}"})
+    try:
+        with urllib.request.urlopen(request, timeout=proxy.config.timeout) as r:
+            status, text = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read()
+    except (OSError, ValueError) as exc:
+        raise OpenAIError(502, f"the upstream cannot be reached ({type(exc).__name__})", kind="upstream_error") from None
+    if status in (401, 403):
+        raise OpenAIError(502, "the upstream refused the proxy's credentials", kind="upstream_error")
+    if proxy.api_key:
+        text = text.replace(proxy.api_key.encode(), b"[upstream key]")
+    return status, text
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket whose connections send small writes at once: uvicorn writes the
+    headers and the body of an answer separately, and with Nagle on, every answer on a
+    kept-alive connection (what the ``openai`` client keeps) waited 40 ms for the client's
+    delayed ACK. Accepted connections inherit TCP_NODELAY from it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        msg = f"cannot listen on {host}:{port} ({exc.strerror or exc})"
+        raise ConfigurationError(msg) from None
+    return sock
+
+
+def serve(config: ProxyConfig, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
+    """Run the proxy under uvicorn until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    sock = listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=log_level, access_log=False, backlog=512))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+class Serving:
+    """The proxy under uvicorn in a background thread, on a free loopback port (tests,
+    benchmarks, a notebook): ``with Serving(config) as s: OpenAI(base_url=s.url, ...)``."""
+
+    def __init__(self, config: ProxyConfig, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.app = create_app(config)
+        self._socket = listen(host, port)
+        self.host, self.port = host, self._socket.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                    backlog=512, timeout_keep_alive=30))
+        self._thread: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def proxy(self) -> Proxy:
+        return self.app.state.proxy  # type: ignore[no-any-return]
+
+    def __enter__(self) -> Serving:  # noqa: PYI034 - returns the running proxy itself
+        import threading
+
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                msg = "the proxy did not start"
+                raise RuntimeError(msg)
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+        self._socket.close()
