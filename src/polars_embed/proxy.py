@@ -56,7 +56,7 @@ MAX_INPUTS = 2048
 #: Embedders (model x dimensions) one proxy keeps; more is a client trying every size.
 MAX_EMBEDDERS = 32
 #: A key's ledger record is a run of at most this many rows; then a new record starts.
-RUN_ROWS = 10_000_000
+RUN_ROWS = 1_000_000
 ANONYMOUS = "anonymous"
 
 
@@ -177,7 +177,8 @@ class ProxyConfig:
     rpm: float | None = None
     tpm: float | None = None
     max_workers: int = 16
-    timeout: float = 60.0
+    timeout: float = 60.0  # per upstream request
+    max_retry_seconds: float = 30.0  # a client is waiting: retries end sooner than a batch job's
     ledger: str | os.PathLike[str] | bool | None = None
     dimensions: dict[str, int] = field(default_factory=dict)  # model -> native size, for models not in the table
     price_per_million: dict[str, float] = field(default_factory=dict)
@@ -213,11 +214,11 @@ class Proxy:
     def __init__(self, config: ProxyConfig, metrics: Any | None = None) -> None:
         from .cache import open_cache
         from .ledger import open_ledger
-        from .limiter import RateLimiter
         from .validate import check_number, check_settings
 
         check_settings(rpm=config.rpm, tpm=config.tpm, price_per_million=None, max_cost=None, max_attempts=8,
-                       max_workers=config.max_workers, timeout=config.timeout, max_retry_seconds=300.0)
+                       max_workers=config.max_workers, timeout=config.timeout,
+                       max_retry_seconds=config.max_retry_seconds)
         for model, price in config.price_per_million.items():
             check_number(f"the price of {model!r}", price, at_least=0, unit=" (US dollars per 1M tokens)")
         for model, size in config.dimensions.items():
@@ -231,7 +232,7 @@ class Proxy:
         self.base_url = config.upstream_base_url or os.environ.get("OPENAI_BASE_URL")
         self.cache = open_cache(config.cache)
         self.ledger: Ledger | None = open_ledger(config.ledger, self.cache)
-        self.limiter: Limiter = RateLimiter(config.rpm, config.tpm)  # one quota for every model
+        self._limiters: dict[str, Limiter] = {}  # a quota per model, as OpenAI's are
         self._embedders: dict[tuple[str, int | None], Embedder] = {}
         self._runs: dict[tuple[str, int | None, str], Run] = {}
         self._dirty: set[tuple[str, int | None, str]] = set()
@@ -256,6 +257,7 @@ class Proxy:
     # -- embeddings ----------------------------------------------------------------------------
     def embedder(self, model: str, dimensions: int | None) -> Embedder:
         from .embedder import Embedder
+        from .limiter import RateLimiter
         from .providers import OpenAIProvider
 
         with self._lock:
@@ -276,7 +278,8 @@ class Proxy:
                                             "with --model-dimensions MODEL=N"), "model") from None
             emb = Embedder(provider=_Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
                            ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
-                           on_error="null", max_workers=cfg.max_workers, limiter=self.limiter,
+                           on_error="null", max_workers=cfg.max_workers, max_retry_seconds=cfg.max_retry_seconds,
+                           limiter=self._limiters.setdefault(model, RateLimiter(cfg.rpm, cfg.tpm)),
                            price_per_million=cfg.price_per_million.get(model), source="serve")
             self._embedders[(model, dimensions)] = emb
             return emb

@@ -125,12 +125,13 @@ async def _read(request: Request) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
         raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
-    body = b""
+    chunks, size = [], 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
             raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
-    return body
+    return b"".join(chunks)
 
 
 def _upstream_models(proxy: Proxy) -> tuple[int, bytes]:
