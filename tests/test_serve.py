@@ -268,3 +268,39 @@ def test_the_command_refuses_an_open_proxy_off_loopback_and_adds_keys(tmp_path, 
     monkeypatch.delenv("OPENAI_API_KEY")
     assert main(["serve"]) == 2
     assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_the_command_serves_and_writes_the_ledger_on_sigterm(upstream, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "polars_embed.cli", "serve", "--port", str(port),
+                             "--upstream-base-url", upstream.url, "--cache", str(tmp_path / "cache")],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        c.embeddings.create(model=MODEL, input=["from the command"], dimensions=64)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn shuts down, then re-raises the signal
+    assert "Application shutdown complete" in err
+    assert "serving http://127.0.0.1" in err and UPSTREAM_KEY not in err
+    records = ledger(tmp_path / "cache" / "ledger.sqlite")
+    assert records.select("source", "rows", "status").rows() == [("serve:anonymous", 1, "ok")]
