@@ -20,9 +20,10 @@ import numpy as np
 import polars as pl
 
 from .assemble import assemble
+from .batch import BatchFetch, BatchSettings, batch_mode
 from .budget import Budget
 from .cache import open_cache
-from .errors import BudgetExceededError, ConfigurationError, ProviderError
+from .errors import BatchPendingError, BudgetExceededError, ConfigurationError, ProviderError
 from .fetch import Fetch, Results, Stage, Stopped
 from .inflight import InFlight
 from .ledger import open_ledger
@@ -79,7 +80,7 @@ class Embedder:
         ``RowsFailedError`` naming the rows. ``"null"``: failed rows get a null vector and
         an ``<name>_error`` column says why.
     price_per_million
-        US dollars per 1M tokens; defaults to the price table (0 for unknown models).
+        US dollars per 1M tokens; defaults to the price table (0 for unknown models; half in batch mode).
     max_cost
         Stop before a request would take this embedder's spending past it (US dollars).
     limits
@@ -95,6 +96,8 @@ class Embedder:
     ledger, source
         Where each run writes its record (the cache's ledger, else the default cache
         directory; a path; ``False`` for none), and the name it is recorded under.
+    mode, batch
+        ``"batch"``: misses go out as Batch API jobs at half the price; ``BatchSettings`` (``batch.py``).
     """
 
     def __init__(
@@ -121,10 +124,12 @@ class Embedder:
         ledger: str | os.PathLike[str] | bool | None = None,
         source: str = "embed_column",
         cache_namespace: str | None = None,
+        mode: Literal["sync", "batch"] = "sync",
+        batch: BatchSettings | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         for setting, value, allowed in (("on_long_input", on_long_input, ("truncate", "chunk", "error")),
-                                        ("on_error", on_error, ("raise", "null"))):
+                                        ("on_error", on_error, ("raise", "null")), ("mode", mode, ("sync", "batch"))):
             if value not in allowed:
                 msg = f"{setting} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
                 raise ConfigurationError(msg)
@@ -142,7 +147,8 @@ class Embedder:
         self.cache_namespace = cache_namespace
         self.on_long_input = on_long_input
         self.on_error = on_error
-        self.price = price_for(self.provider, price_per_million)
+        self.mode, self.batch = mode, batch_mode(self.provider, mode, batch, on_long_input)
+        self.price = price_for(self.provider, price_per_million) / (2 if mode == "batch" and price_per_million is None else 1)
         self.runner = Runner(max_workers=max_workers, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
                              rpm=rpm, tpm=tpm, limiter=limiter, sleep=sleep, redact=getattr(self.provider, "redact", None),
                              endpoint=getattr(self.provider, "endpoint", None))
@@ -191,21 +197,13 @@ class Embedder:
         """Key-value metadata for files written from this embedder's output."""
         from . import __version__
 
-        return {
-            "polars_embed.provider": self.provider.name,
-            "polars_embed.model": self.model,
-            "polars_embed.dimensions": str(self.dimensions),
-            "polars_embed.version": __version__,
-        }
+        return {"polars_embed.provider": self.provider.name, "polars_embed.model": self.model,
+                "polars_embed.dimensions": str(self.dimensions), "polars_embed.version": __version__}
 
     def output_fields(self, name: str = "embedding") -> dict[str, pl.DataType]:
         """Name and dtype of every output column, known without a request."""
-        out: dict[str, pl.DataType] = {
-            name: pl.Array(pl.Float32, self.dimensions),
-            f"{name}_cache_hit": pl.Boolean(),
-            f"{name}_tokens": pl.UInt32(),
-            f"{name}_cost_usd": pl.Float64(),
-        }
+        out: dict[str, pl.DataType] = {name: pl.Array(pl.Float32, self.dimensions), f"{name}_cache_hit": pl.Boolean(),
+                                       f"{name}_tokens": pl.UInt32(), f"{name}_cost_usd": pl.Float64()}
         if self.on_error == "null":
             out[f"{name}_error"] = pl.String()
         return out
@@ -290,7 +288,8 @@ class Embedder:
     def _save(self, run: Run) -> None:
         """Write ``run``'s ledger record; best effort: a result is never lost to the ledger."""
         if self.ledger is not None:
-            meta = {"provider": self.provider.name, "model": self.model, "dimensions": str(self.dimensions)}
+            meta = {"provider": self.provider.name, "model": self.model, "dimensions": str(self.dimensions),
+                    "mode": self.mode, "price_per_million": str(self.price)}
             self.ledger.record(run, meta)
 
     # -- Polars surface ------------------------------------------------------------------
@@ -347,7 +346,7 @@ class Embedder:
         failure: BaseException | None = None
         try:
             self._fetch(c, ~c.from_cache, progress)
-        except (ProviderError, BudgetExceededError, Stopped, KeyboardInterrupt) as exc:
+        except (ProviderError, BudgetExceededError, BatchPendingError, Stopped, KeyboardInterrupt) as exc:
             failure = exc  # the figures of what was paid are recorded first
         hits, failures = c.account(self.price, time.perf_counter() - started)
         self._stats.add(run.add(c.stats, c.keys, failures))
@@ -373,9 +372,10 @@ class Embedder:
             progress.done(done, billed, billed * self.price / 1e6)
 
         c.stats.misses += len(fetched)
-        fetch = Fetch(self.stage, c.cache, c.plan.texts, c.keys, fetched, c.res, c.stats,
-                      describe=lambda i: Failure(c.row(i), c.plan.texts[i], "").where(c.column),
-                      on_stored=stored, stop=c.run.stopping)
+        kind, extra = (BatchFetch, self.batch.options(self.cache, c.run)) if self.batch else (Fetch, {})
+        fetch = kind(self.stage, c.cache, c.plan.texts, c.keys, fetched, c.res, c.stats,  # type: ignore[operator]
+                     describe=lambda i: Failure(c.row(i), c.plan.texts[i], "").where(c.column),
+                     on_stored=stored, stop=c.run.stopping, **extra)
         try:
             fetch.run()
         finally:

@@ -57,6 +57,15 @@ class RowsFailedError(ProviderError):
         self.failures = failures
 
 
+class BatchPendingError(PolarsEmbedError):
+    """Batch mode without waiting (``BatchSettings(wait=False)``, ``run --batch --detach``):
+    batches are submitted and not all back yet; a later call collects them (what ended is cached)."""
+
+    def __init__(self, message: str, *, batch_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.batch_ids = batch_ids or []
+
+
 class BudgetExceededError(PolarsEmbedError):
     """The next request would take the run past ``max_cost``; finished work is cached."""
 

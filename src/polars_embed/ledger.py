@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     from .run import Run
 
 _FIELDS = [f for f in RunStats.__dataclass_fields__]
-_COLUMNS = ["run_id", "started_at", "ended_at", "source", "provider", "model", "dimensions", *_FIELDS, "status"]
-_REAL = ("cost_usd", "cost_saved_usd", "wall_seconds")
-_TYPES = {"dimensions": "INTEGER"} | {f: "REAL" if f in _REAL else "INTEGER" for f in _FIELDS}
+_COLUMNS = ["run_id", "started_at", "ended_at", "source", "provider", "model", "dimensions", *_FIELDS, "status",
+            "mode", "price_per_million", "batch_ids"]
+_REAL = ("cost_usd", "cost_saved_usd", "wall_seconds", "price_per_million")
+_TYPES = {"dimensions": "INTEGER", "price_per_million": "REAL"} | {f: "REAL" if f in _REAL else "INTEGER" for f in _FIELDS}
 _SCHEMA = "CREATE TABLE IF NOT EXISTS runs ({})".format(
     ", ".join(f'"{c}" {_TYPES.get(c, "TEXT")}' + (" PRIMARY KEY" if c == "run_id" else "") for c in _COLUMNS)
 )
@@ -92,12 +93,15 @@ class Ledger:
             self._ready = True
 
     def append(self, stats: RunStats, *, started: float, ended: float, source: str,
-               meta: Mapping[str, str], run_id: str | None = None, status: str = "ok") -> str:
+               meta: Mapping[str, str], run_id: str | None = None, status: str = "ok",
+               batch_ids: list[str] | None = None) -> str:
         """Write the record of run ``run_id`` (a new id if None), replacing an earlier
         version of it: a run's record is updated as its slices finish."""
         run_id = run_id or uuid.uuid4().hex
         row = [run_id, _iso(started), _iso(ended), source, meta["provider"], meta["model"], int(meta["dimensions"]),
-               *(getattr(stats, f) for f in _FIELDS), status]
+               *(getattr(stats, f) for f in _FIELDS), status, meta.get("mode", "sync"),
+               float(meta["price_per_million"]) if "price_per_million" in meta else None,
+               ",".join(dict.fromkeys(batch_ids)) if batch_ids else None]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._connect()
         try:
@@ -113,7 +117,8 @@ class Ledger:
         (a full disk, a read-only home) is warned about once, and the run goes on."""
         try:
             self.append(run.stats.copy(), started=run.started_at, ended=run.ended_at or time.time(),
-                        source=run.source, meta=meta, run_id=run.run_id, status=run.status)
+                        source=run.source, meta=meta, run_id=run.run_id, status=run.status,
+                        batch_ids=list(run.batch_ids))
         except Exception as exc:  # noqa: BLE001 - never lose a paid result to the ledger
             if not self._warned:
                 self._warned = True
@@ -151,6 +156,7 @@ class Ledger:
                 raise LedgerError(msg) from exc
         schema: dict[str, Any] = {c: pl.String for c in _COLUMNS[:6]} | {"dimensions": pl.Int64}
         schema |= {f: pl.Float64 if f in _REAL else pl.Int64 for f in _FIELDS} | {"status": pl.String}
+        schema |= {"mode": pl.String, "price_per_million": pl.Float64, "batch_ids": pl.String}
         df = pl.DataFrame(rows, schema=schema, orient="row")
         return df.with_columns(
             pl.col("started_at", "ended_at").str.to_datetime(time_zone="UTC"),

@@ -116,6 +116,8 @@ class Run:
         self._lock = threading.Lock()
         #: Set by ``stop()``: the run's calls send nothing more (requests in flight end).
         self.stopping = threading.Event()
+        #: Batch mode: the batches this run submitted or collected (for the ledger).
+        self.batch_ids: list[str] = []
 
     def __repr__(self) -> str:
         return f"Run({self.source!r}, {self.status}, rows={self.stats.rows:,}, cost=${self.stats.cost_usd:.6f})"

