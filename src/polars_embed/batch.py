@@ -84,6 +84,7 @@ class BatchFetch:
         settings: BatchSettings,
         refused: dict[bytes, str],
         batch_ids: list[str],
+        prefetch: bool = False,
         describe: Callable[[int], str],
         on_stored: Callable[[list[Item], list[int], int], None] | None = None,
         stop: threading.Event | None = None,
@@ -91,6 +92,7 @@ class BatchFetch:
         self.stage, self.cache, self.texts, self.keys, self.todo = stage, cache, texts, keys, todo
         self.results, self.stats, self.manifest, self.settings = results, stats, manifest, settings
         self.refused = refused  # texts refused for good by earlier batches of this embedder
+        self.prefetch = prefetch  # cache and keep the cost in the manifest: rows claim it later
         self.batch_ids = batch_ids  # of the run: for the ledger
         self.describe, self.on_stored = describe, on_stored
         self.stop = stop or threading.Event()
@@ -313,14 +315,16 @@ class BatchFetch:
             return
         price = self.stage.price / 1e6
         items: list[Item] = [(k, v, t) for k, (v, t) in answered.items()]
-        done, billed = [], 0
+        done, billed, unclaimed = [], 0, []
         res = self.results
         for key, (vector, tokens) in answered.items():
             billed += tokens
             i = self.index.get(key)
-            if i is not None and key in self.want and not self.done(key):
+            if i is not None and key in self.want and not self.done(key) and not self.prefetch:
                 res.vectors[i], res.tokens[i], res.cost[i] = vector, tokens, tokens * price
                 done.append(i)
+            else:  # another call's text, or a prefetch: a row of a later call claims the cost
+                unclaimed.append((key, tokens, tokens * price))
         self.stats.tokens_billed += billed
         self.stats.cost_usd += billed * price
         try:
@@ -328,6 +332,8 @@ class BatchFetch:
         except CacheError as exc:
             self.stats.uncached += len(items)
             self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
+        if unclaimed:
+            self.manifest.add_paid(unclaimed)
         if self.on_stored is not None:
             self.on_stored([it for it in items if it[0] in self.index], done, billed)
 
@@ -364,6 +370,7 @@ class BatchMode:
     def __init__(self, settings: BatchSettings) -> None:
         self.settings = settings
         self.refused: dict[bytes, str] = {}
+        self.prefetch = False  # set by ``polars-embed run --batch`` while it collects (see ``job.py``)
         self._manifest: Manifest | None = None
 
     def manifest(self, cache: Cache) -> Manifest:
@@ -381,7 +388,23 @@ class BatchMode:
 
     def options(self, cache: Cache, run: Any) -> dict[str, Any]:
         return {"manifest": self.manifest(cache), "settings": self.settings, "refused": self.refused,
-                "batch_ids": run.batch_ids}
+                "batch_ids": run.batch_ids, "prefetch": self.prefetch}
+
+    def claim(self, cache: Cache, call: Any) -> None:
+        """Texts of ``call`` found in the cache that a batch paid for and no row has shown
+        yet (collected earlier, maybe by another process): their first row shows the cost."""
+        if self.prefetch:
+            return
+        cached = np.flatnonzero(call.from_cache)
+        paid = self.manifest(cache).claim_paid([call.keys[i] for i in cached]) if len(cached) else {}
+        for i in cached:
+            value = paid.get(call.keys[i])
+            if value is not None:
+                call.from_cache[i] = False
+                call.res.tokens[i], call.res.cost[i] = value
+                call.stats.misses += 1
+                call.stats.tokens_billed += value[0]
+                call.stats.cost_usd += value[1]
 
 
 def batch_mode(provider: Any, mode: str, settings: BatchSettings | None, on_long_input: str) -> BatchMode | None:
@@ -393,5 +416,5 @@ def batch_mode(provider: Any, mode: str, settings: BatchSettings | None, on_long
     if not callable(getattr(provider, "client", None)):
         raise ConfigurationError("mode='batch' needs the OpenAI Batch API (or a server that has it), not a local model")
     if on_long_input == "chunk":
-        raise ConfigurationError("mode='batch' sends one line per text: use on_long_input='truncate' or 'error'")
+        raise ConfigurationError("mode='batch' sends one line per text, so not on_long_input='chunk': use 'truncate' or 'error'")
     return BatchMode(settings or BatchSettings())

@@ -1,4 +1,4 @@
-"""The ``polars-embed`` command: run, cache, ledger, doctor, serve.
+"""The ``polars-embed`` command: run, cache, ledger, doctor, serve, batch.
 
 Errors are one line on stderr (``--debug`` shows the traceback). Exit codes:
 0 done; 1 finished, but some rows failed; 2 usage, configuration, input or output error;
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import (
+    BatchPendingError,
     BudgetExceededError,
     CacheError,
     ConfigurationError,
@@ -110,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop before a request would take the run past this many dollars")
     run.add_argument("--price", type=float, default=None, metavar="USD_PER_1M", help="override the price per 1M tokens")
     run.add_argument("--dry-run", action="store_true", help="no request: print rows, distinct, cached, tokens, cost, time")
+    run.add_argument("--batch", action="store_true",
+                     help="send the uncached texts as Batch API jobs at half the price (done within 24 h); "
+                     "waits for them unless --detach")
+    run.add_argument("--detach", action="store_true",
+                     help="with --batch: submit, collect what ended, and exit 0; the same command later "
+                     "collects the rest and writes OUTPUT when every batch has ended")
+    run.add_argument("--poll-seconds", type=float, default=30.0, help="with --batch: first wait between polls (default: 30)")
+    run.add_argument("--enqueued-tokens", type=int, default=20_000_000,
+                     help="with --batch: your enqueued-token limit for the model (default: 20,000,000)")
     _add_common(run, bar=True)
 
     cache = sub.add_parser("cache", help="inspect or clean the cache", description="Inspect or clean the vector cache.")
@@ -143,7 +153,69 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--cache", default=None, metavar="DIR", help="cache directory to check")
     _add_common(doctor)
     _add_serve(sub)
+    _add_batch(sub)
     return parser
+
+
+def _add_batch(sub: Any) -> None:
+    batch = sub.add_parser("batch", help="look at or cancel the Batch API jobs of run --batch",
+                           description="The Batch API jobs recorded in the batch manifest beside the cache.")
+    actions = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="every job: state, batch id, texts, tokens, how it ended",
+                                description="Every job of the manifest; live batches are asked for their progress "
+                                "when an API key is set.")
+    cancel = actions.add_parser("cancel", help="cancel live batches (what they finished is collected by the next run)",
+                                description="Cancel live batches; the next `run --batch` collects what they "
+                                "finished and sends the rest again.")
+    cancel.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="batches to cancel (default: with --all)")
+    cancel.add_argument("--all", action="store_true", help="cancel every live batch of the manifest")
+    for p in (status, cancel):
+        p.add_argument("--cache", default=None, metavar="DIR", help="cache directory whose manifest to read")
+        p.add_argument("--base-url", default=None, help="the server of the batches (default: $OPENAI_BASE_URL or OpenAI)")
+        _add_common(p)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .cache import default_cache_dir
+    from .manifest import Manifest
+
+    path = Path(args.cache or default_cache_dir()) / "batches.sqlite"
+    if not path.exists():
+        print(f"no batch jobs: {path} does not exist")
+        return EXIT_OK
+    manifest = Manifest(path)
+    client = _batch_client(args.base_url)
+    if args.action == "cancel":
+        live = [j.batch_id for j in manifest.live() if j.batch_id]
+        ids = live if args.all else args.batch_ids
+        if not ids:
+            raise ConfigurationError("name the batches to cancel, or pass --all")
+        if client is None:
+            raise ConfigurationError("no API key: set OPENAI_API_KEY to cancel batches")
+        for batch_id in ids:
+            print(f"{batch_id}: {client.batches.cancel(batch_id).status}")
+        return EXIT_OK
+    for j in manifest.jobs():
+        progress = ""
+        if j.batch_id and j.state == "submitted" and client is not None:
+            b = client.batches.retrieve(j.batch_id)
+            counts = b.request_counts
+            progress = f" (server: {b.status}, {counts.completed:,}/{counts.total:,} done)" if counts else f" (server: {b.status})"
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created))
+        print(f"{j.job}  {created}  {j.state:<10} {j.batch_id or '-':<30} {j.lines:>7,} texts {j.tokens:>11,} tokens  "
+              f"{j.status or ''}{progress}")
+    return EXIT_OK
+
+
+def _batch_client(base_url: str | None) -> Any:
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        return None
+    import openai
+
+    return openai.OpenAI(api_key=key, base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None, max_retries=2)
 
 
 def _pair(kind: type) -> Any:
@@ -218,8 +290,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _embedder(args: argparse.Namespace) -> Any:
+    from .batch import BatchSettings
     from .embedder import Embedder
 
+    if args.detach and not args.batch:
+        raise ConfigurationError("--detach needs --batch")
+    batch = BatchSettings(wait=not args.detach, poll_seconds=args.poll_seconds, enqueued_tokens=args.enqueued_tokens,
+                          max_poll_seconds=max(600.0, args.poll_seconds)) if args.batch else None
     return Embedder(
         args.model,
         dimensions=args.dimensions,
@@ -232,6 +309,8 @@ def _embedder(args: argparse.Namespace) -> Any:
         max_workers=args.workers,
         rpm=args.rpm,
         tpm=args.tpm,
+        mode="batch" if args.batch else "sync",
+        batch=batch,
     )
 
 
@@ -266,6 +345,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = job.run(emb, args.input, args.output, column=args.column, name=args.name,
                          partition_rows=args.partition_rows, on_progress=bar.update)
+    except BatchPendingError as exc:  # --detach: submitted; a later run collects
+        print(f"polars-embed: {exc}")
+        print(f"  batches: {', '.join(exc.batch_ids) or 'none in flight'}; `polars-embed batch status` lists them")
+        return EXIT_OK
     except KeyboardInterrupt:
         bar.close()
         log.warning(f"interrupted after {bar.done.rows:,} rows; finished requests are cached, "
@@ -513,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     # warnings (a cache or a ledger that cannot be written) are one log line each, not file:line noise
     warnings.showwarning = lambda message, *_, **__: log.warning(str(message).removeprefix("polars-embed: "))
-    handlers = {"run": cmd_run, "cache": cmd_cache, "ledger": cmd_ledger, "doctor": cmd_doctor, "serve": cmd_serve}
+    handlers = {"run": cmd_run, "cache": cmd_cache, "ledger": cmd_ledger, "doctor": cmd_doctor, "serve": cmd_serve,
+                "batch": cmd_batch}
     try:
         return handlers[args.command](args)
     except PolarsEmbedError as exc:

@@ -346,6 +346,8 @@ class Embedder:
         failure: BaseException | None = None
         try:
             self._fetch(c, ~c.from_cache, progress)
+            if self.batch:
+                self.batch.claim(self.cache, c)
         except (ProviderError, BudgetExceededError, BatchPendingError, Stopped, KeyboardInterrupt) as exc:
             failure = exc  # the figures of what was paid are recorded first
         hits, failures = c.account(self.price, time.perf_counter() - started)

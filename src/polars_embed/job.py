@@ -177,6 +177,8 @@ def run(
     failed: dict[int, str] = {}
     with output_lock(output), embedder.run(source=f"polars-embed run {source}") as r, writing(output) as tmp:
         r.on_progress = on_progress
+        if embedder.batch is not None:
+            collect_batches(embedder, r, lf, column, source)
         writer: pq.ParquetWriter | None = None
         try:
             parts = partitions(lf, column, partition_rows, source)
@@ -195,6 +197,27 @@ def run(
             if writer is not None:
                 writer.close()
     return RunResult(output, r.stats, failed)
+
+
+def collect_batches(embedder: Embedder, run: Run, lf: pl.LazyFrame, column: str, source: str | os.PathLike[str]) -> None:
+    """Batch mode: every distinct text of the column goes through the Batch API first (into
+    the cache, its cost kept in the manifest), so the partitions are then written from the
+    cache and each text's first row claims its cost. Without waiting (``--detach``) this
+    raises ``BatchPendingError`` until every batch has ended."""
+    from .run import Run
+    from .stats import RunStats
+
+    assert embedder.batch is not None
+    with readable(source):
+        texts = lf.select(pl.col(column)).unique().collect()[column]
+    collecting = Run(f"batch collection of {source}")
+    embedder.batch.prefetch = True
+    try:
+        embedder.embed(texts, column=column, run=collecting)
+    finally:
+        embedder.batch.prefetch = False
+        run.batch_ids.extend(collecting.batch_ids)
+        run.add(RunStats(requests=collecting.stats.requests, retries=collecting.stats.retries), [], [])
 
 
 @contextlib.contextmanager

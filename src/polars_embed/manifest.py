@@ -4,7 +4,9 @@ each step, so a process killed at any point re-attaches on rerun (``batch.py``).
 SQLite beside the cache (``batches.sqlite``), one short transaction per step. A job (one
 input file, one batch) goes ``prepared`` (its content keys written, nothing sent) ->
 ``uploading`` -> ``uploaded`` (file id) -> ``creating`` -> ``submitted`` (batch id) ->
-``ended`` (its results are in the cache; ``status`` says how the batch ended). A job found
+``ended`` (its results are in the cache; ``status`` says how the batch ended). Texts paid
+by a batch and not yet on an output row (``polars-embed run --batch`` collects before it
+writes, maybe in a later process) are kept in ``paid`` until a row claims their cost. A job found
 ``uploading`` or ``creating`` is looked up on the server by its file name or its batch
 metadata before anything is sent again, so nothing is uploaded or paid for twice. It holds
 content keys and ids, no text and no key.
@@ -30,6 +32,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS job_keys (job TEXT NOT NULL, key BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS job_keys_job ON job_keys (job);
+CREATE TABLE IF NOT EXISTS paid (key BLOB PRIMARY KEY, tokens INTEGER NOT NULL, cost REAL NOT NULL);
 """
 LIVE = ("prepared", "uploading", "uploaded", "creating", "submitted")
 
@@ -127,6 +130,35 @@ class Manifest:
             finally:
                 con.close()
         return [Job(*row) for row in rows]
+
+    def add_paid(self, items: list[tuple[bytes, int, float]]) -> None:
+        """Texts paid for and not on a row yet: their tokens and cost wait for one."""
+        with self._lock:
+            con = self._connect()
+            try:
+                with con:
+                    con.executemany("INSERT OR IGNORE INTO paid (key, tokens, cost) VALUES (?, ?, ?)", items)
+            finally:
+                con.close()
+
+    def claim_paid(self, keys: list[bytes]) -> dict[bytes, tuple[int, float]]:
+        """The tokens and cost of those of ``keys`` paid and not yet on a row, now taken."""
+        found: dict[bytes, tuple[int, float]] = {}
+        with self._lock:
+            con = self._connect()
+            try:
+                with con:
+                    if not con.execute("SELECT 1 FROM paid LIMIT 1").fetchone():
+                        return found
+                    for start in range(0, len(keys), 500):
+                        chunk = keys[start : start + 500]
+                        marks = ",".join("?" * len(chunk))
+                        for key, tokens, cost in con.execute(f"SELECT key, tokens, cost FROM paid WHERE key IN ({marks})", chunk):
+                            found[bytes(key)] = (int(tokens), float(cost))
+                        con.execute(f"DELETE FROM paid WHERE key IN ({marks})", chunk)
+            finally:
+                con.close()
+        return found
 
     def keys(self, job: Job) -> list[bytes]:
         with self._lock:

@@ -27,7 +27,7 @@ import polars as pl
 
 from .assemble import hit_rows
 from .cache import MemoryCache, NoCache
-from .errors import BudgetExceededError, PolarsEmbedError, RowsFailedError
+from .errors import BatchPendingError, BudgetExceededError, PolarsEmbedError, RowsFailedError
 from .fetch import Results
 from .stats import RunStats
 
@@ -91,6 +91,8 @@ def run_status(exc: BaseException) -> str:
         return "stopped at max_cost"
     if isinstance(exc, RowsFailedError):
         return "rows failed"
+    if isinstance(exc, BatchPendingError):
+        return "batches pending"
     return f"failed: {type(exc).__name__}" if isinstance(exc, PolarsEmbedError) else "failed"
 
 

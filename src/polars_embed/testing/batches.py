@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 @dataclass
 class BatchFaults:
     seconds: float = 0.5  # from creation to the terminal state
-    expire: float | None = None  # expire with this share of the lines done
-    no_output: bool = False  # "completed", no output file, every line in the error file
+    expire: list[float] = field(default_factory=list)  # the next batches to end expire, this share of lines done
+    no_output: int = 0  # the next batches to end: "completed", no output file, every line in the error file
     enqueued_tokens: int | None = None  # a batch taking the enqueued tokens over this fails after create
     slow_download: float = 0.0  # seconds to send a file's content (to kill a client mid-download)
     fail_lines: list[str] = field(default_factory=list)  # inputs containing one: a 500 line in the error file
@@ -168,16 +168,18 @@ class BatchAPI:
         if batch["status"] == "cancelling":
             self._finish(batch_id, "cancelled", done=min(1.0, elapsed / max(faults.seconds, 1e-9)) / 2)
         elif batch["status"] == "in_progress" and elapsed >= faults.seconds:
-            if faults.expire is not None:
-                self._finish(batch_id, "expired", done=faults.expire)
+            if faults.expire:
+                self._finish(batch_id, "expired", done=faults.expire.pop(0))
             else:
-                self._finish(batch_id, "completed", done=1.0)
+                no_output = faults.no_output > 0
+                faults.no_output -= no_output
+                self._finish(batch_id, "completed", done=1.0, no_output=no_output)
 
     def _tokens(self, batch_id: str) -> int:
         enc = self.server._enc
         return sum(len(enc.encode_ordinary(x)) for line in self.lines[batch_id] for x in _inputs(line))
 
-    def _finish(self, batch_id: str, status: str, *, done: float) -> None:
+    def _finish(self, batch_id: str, status: str, *, done: float, no_output: bool = False) -> None:
         """Embed the first ``done`` share of the lines; write the output and error files."""
         from .server import server_vectors
 
@@ -196,7 +198,7 @@ class BatchAPI:
             texts = _inputs(line)
             poisoned = any(p in t for p in self.server.faults.poison for t in texts)
             failing = any(p in t for p in faults.fail_lines for t in texts)
-            if poisoned or faults.no_output or failing or not texts:
+            if poisoned or no_output or failing or not texts:
                 status_code = 400 if poisoned or not texts else 500
                 message = "'$.input' is invalid: input contains a forbidden sequence." if poisoned else \
                     "The server had an error while processing your request."
