@@ -162,7 +162,10 @@ def test_keys_are_hashed_unknown_keys_get_401_without_an_upstream_call(start, up
     assert upstream.requests == 0
     r = client(s, team).embeddings.create(model=MODEL, input=["paid by team-a"], dimensions=64)
     assert len(r.data) == 1
-    metrics = urllib.request.urlopen(s.url.replace("/v1", "/metrics")).read().decode()
+    status, _ = post(s.url.replace("/v1", "/metrics"), b"", key="wrong")  # names keys and usage: a key's holder only
+    assert status in (401, 405)
+    metrics_request = urllib.request.Request(s.url.replace("/v1", "/metrics"), headers={"authorization": f"Bearer {team}"})
+    metrics = urllib.request.urlopen(metrics_request).read().decode()
     assert 'polars_embed_proxy_inputs_total{key="team-a",result="miss"} 1.0' in metrics
     assert 'polars_embed_proxy_requests_total{key="anonymous",status="401"} 2.0' in metrics
     s.__exit__(None, None, None)  # the ledger record of each key is written at shutdown (and every few seconds)
@@ -205,6 +208,11 @@ def test_the_upstream_key_never_leaves_the_proxy(start, upstream, caplog):
     (b'{"model": "text-embedding-3-small", "input": "x", "dimensions": 0}', "dimensions"),
     (b'{"model": "text-embedding-3-small", "input": "x", "dimensions": true}', "dimensions"),
     (b'{"model": "no-such-model", "input": "x"}', "model"),
+    (b'{"model": "text-embedding-3-small", "input": "x", "dimensions": 2147483648}', "dimensions"),
+    (b'{"model": "text-embedding-3-small", "input": "a\\ud800b"}', "input"),
+    (b'{"model": "m\\ud800", "input": "x", "dimensions": 8}', "model"),
+    (b'{"model": "text-embedding-3-small", "input": "x", "encoding_format": ""}', "encoding_format"),
+    (b"[" * 100_000 + b"]" * 100_000, None),
 ])
 def test_bad_requests_get_openais_error_shape_never_a_500(start, upstream, body, param):
     s = start()
@@ -304,3 +312,57 @@ def test_the_command_serves_and_writes_the_ledger_on_sigterm(upstream, tmp_path)
     assert "serving http://127.0.0.1" in err and UPSTREAM_KEY not in err
     records = ledger(tmp_path / "cache" / "ledger.sqlite")
     assert records.select("source", "rows", "status").rows() == [("serve:anonymous", 1, "ok")]
+
+
+def test_wrong_routes_and_methods_answer_in_openais_shape(start):
+    s = start()
+    for method, path in (("GET", "/v1/embeddings"), ("DELETE", "/v1/embeddings"), ("GET", "/v1/nothing")):
+        req = urllib.request.Request(s.url.replace("/v1", "") + path, method=method)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req)
+        assert info.value.code in (404, 405)
+        assert set(json.loads(info.value.read())["error"]) == {"message", "type", "param", "code"}
+
+
+def test_models_the_upstream_refuses_do_not_take_the_slots(start, upstream):
+    s = start()
+    for i in range(40):
+        status, _ = post(s.url + "/embeddings", json.dumps({"model": f"no-such-model-{i}", "input": "x",
+                                                            "dimensions": 8}).encode())
+        assert status == 404
+    r = client(s).embeddings.create(model=MODEL, input="still served", dimensions=64)
+    assert len(r.data[0].embedding) == 64
+
+
+def test_a_refused_request_still_says_what_it_cost(start, upstream):
+    upstream.configure(faults=Faults(poison=["POISON"]))
+    s = start()
+    with pytest.raises(openai.BadRequestError) as info:
+        client(s).embeddings.create(model=MODEL, input=["alpha beta", "POISON", "gamma"], dimensions=64)
+    paid = float(info.value.response.headers["x-polars-embed-cost-usd"])
+    assert paid == pytest.approx(upstream.billed_tokens * PRICE, rel=1e-12) and paid > 0
+
+
+def test_answers_that_cannot_be_true_are_the_upstreams_fault(start, upstream):
+    upstream.configure(faults=Faults(usage=-5))
+    s = start(max_retry_seconds=2.0)
+    status, body = post(s.url + "/embeddings", json.dumps({"model": MODEL, "input": ["a", "b"], "dimensions": 64}).encode())
+    assert status == 502 and body["error"]["type"] == "upstream_error"
+
+
+def test_slow_misses_never_make_a_hit_wait(start, upstream):
+    s = start()
+    client(s).embeddings.create(model=MODEL, input=["hot"], dimensions=64)
+    upstream.latency = 1.0  # 45 misses, 16 upstream requests at a time: they hold 45 threads for ~3 s
+    threads = [threading.Thread(target=post, args=(s.url + "/embeddings", json.dumps(
+        {"model": MODEL, "input": [f"slow {i}"], "dimensions": 64}).encode())) for i in range(45)]
+    for t in threads:
+        t.start()
+    import time
+
+    time.sleep(0.5)  # the misses hold their threads, waiting on the upstream
+    started = time.perf_counter()
+    r = client(s).embeddings.with_raw_response.create(model=MODEL, input=["hot"], dimensions=64)
+    assert r.headers["x-polars-embed-cache"] == "HIT" and time.perf_counter() - started < 1.0
+    for t in threads:
+        t.join()

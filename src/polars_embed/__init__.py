@@ -4,9 +4,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .batch import BatchSettings
 from .cache import Cache, DiskCache, MemoryCache
 from .embedder import Embedder
 from .errors import (
+    BatchPendingError,
     BudgetExceededError,
     CacheError,
     ColumnTypeError,
@@ -28,6 +30,8 @@ from .providers import Limits
 from .run import Run
 
 __all__ = [
+    "BatchPendingError",
+    "BatchSettings",
     "BudgetExceededError",
     "Cache",
     "CacheError",

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -53,6 +54,8 @@ log = logging.getLogger("polars_embed.proxy")
 
 #: OpenAI's limit on inputs in one request.
 MAX_INPUTS = 2048
+#: The largest ``dimensions`` a request may ask for (OpenAI's largest model has 3,072).
+MAX_DIMENSIONS = 16_384
 #: Embedders (model x dimensions) one proxy keeps; more is a client trying every size.
 MAX_EMBEDDERS = 32
 #: A key's ledger record is a run of at most this many rows; then a new record starts.
@@ -67,6 +70,7 @@ class OpenAIError(Exception):
                  param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -130,7 +134,7 @@ def parse_request(body: bytes) -> EmbeddingRequest:
     """The body of ``POST /v1/embeddings``, checked as OpenAI checks it (400 otherwise)."""
     try:
         req = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
                    "your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
     if not isinstance(req, dict):
@@ -138,6 +142,8 @@ def parse_request(body: bytes) -> EmbeddingRequest:
     model = req.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("you must provide a model parameter", "model")
+    if not _encodable(model) or len(model) > 256:
+        raise _bad("'$.model' is invalid: not a model name.", "model")
     raw = req.get("input")
     if isinstance(raw, str) or (isinstance(raw, list) and raw and all(_is_token(t) for t in raw)):
         raw = [raw]  # one text, or one token array
@@ -149,15 +155,26 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         if isinstance(x, str):
             if not x.strip():
                 raise _bad(f"'$.input[{i}]' is invalid: an input cannot be empty or only whitespace.", "input")
+            if not _encodable(x):
+                raise _bad(f"'$.input[{i}]' is invalid: not valid Unicode (a lone surrogate).", "input")
         elif not (isinstance(x, list) and x and all(_is_token(t) for t in x)):
             raise _bad(f"'$.input[{i}]' is invalid: each input is a non-empty string or array of tokens.", "input")
-    fmt = req.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
+    fmt = req.get("encoding_format", "float")
+    fmt = "float" if fmt is None else fmt
+    if not isinstance(fmt, str) or fmt not in ("float", "base64"):
         raise _bad(f"'{fmt}' is not one of ['float', 'base64'] - 'encoding_format'", "encoding_format")
     dims = req.get("dimensions")
-    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
-        raise _bad(f"'$.dimensions' is invalid: a positive integer, got {dims!r}.", "dimensions")
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS):
+        raise _bad(f"'$.dimensions' is invalid: an integer from 1 to {MAX_DIMENSIONS:,}.", "dimensions")
     return EmbeddingRequest(model, raw, fmt, dims)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_token(t: object) -> bool:
@@ -234,6 +251,7 @@ class Proxy:
         self.ledger: Ledger | None = open_ledger(config.ledger, self.cache)
         self._limiters: dict[str, Limiter] = {}  # a quota per model, as OpenAI's are
         self._embedders: dict[tuple[str, int | None], Embedder] = {}
+        self._served: set[tuple[str, int | None]] = set()  # slots that answered a request
         self._runs: dict[tuple[str, int | None, str], Run] = {}
         self._dirty: set[tuple[str, int | None, str]] = set()
         self._lock = threading.Lock()
@@ -298,21 +316,43 @@ class Proxy:
             self._dirty.add(slot)
             return run
 
+    def all_cached(self, req: EmbeddingRequest) -> bool:
+        """Whether every input is in the cache (a quick look, to pick the thread pool)."""
+        from .plan import content_keys
+
+        if not all(isinstance(x, str) for x in req.inputs):
+            return False
+        try:
+            emb = self.embedder(req.model, req.dimensions)
+        except OpenAIError:
+            return True  # answered at once with the error
+        keys = content_keys(list(dict.fromkeys(req.inputs)), emb.key_prefix())  # type: ignore[arg-type]
+        return all(v is not None for v in self.cache.get_many(keys))
+
     def embed(self, req: EmbeddingRequest, key: str = ANONYMOUS) -> tuple[dict[str, Any], dict[str, str]]:
-        """The answer body and headers of one request, or an ``OpenAIError``."""
+        """The answer body and headers of one request, or an ``OpenAIError`` (which carries
+        the cost header too: a request refused after part of it was paid says so)."""
         emb = self.embedder(req.model, req.dimensions)
         texts = [x if isinstance(x, str) else self._decode(emb, x, i) for i, x in enumerate(req.inputs)]
+        call = Run(f"serve:{key}")  # this request's figures; folded into the key's run below
         try:
-            out = emb.embed(pl.Series("input", texts, dtype=pl.String), column="input", run=self._run(req, key))
+            out = emb.embed(pl.Series("input", texts, dtype=pl.String), column="input", run=call)
         except PolarsEmbedError as exc:
-            raise self._error(emb, exc) from None
+            self._forget(req, emb)
+            error = self._error(emb, exc)
+            error.headers = self._account(emb, req, key, call, texts, hits=0)
+            raise error from None
+        self._served.add((req.model, req.dimensions))
+        hits = int(out["embedding_cache_hit"].sum())
+        headers = self._account(emb, req, key, call, texts, hits=hits)
         errors = out["embedding_error"]
         if errors.null_count() < len(errors):
             i = int(errors.is_not_null().arg_max())  # type: ignore[arg-type]
             others = len(errors) - errors.null_count() - 1
             more = f" ({others} other inputs failed too; the rest are cached)" if others else ""
-            raise _bad(f"'$.input[{i}]' was refused upstream: {self._scrub(emb, errors[i])}{more}", "input")
-        hits = int(out["embedding_cache_hit"].sum())
+            error = _bad(f"'$.input[{i}]' was refused upstream: {self._scrub(emb, errors[i])}{more}", "input")
+            error.headers = headers
+            raise error
         tokens = int(out["embedding_tokens"].sum())
         vectors = out["embedding"].to_numpy()
         body = {
@@ -322,17 +362,32 @@ class Proxy:
             "model": req.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        cost = float(out["embedding_cost_usd"].sum())
         state = "HIT" if hits == len(texts) else "MISS" if hits == 0 else "PARTIAL"
-        headers = {"x-polars-embed-cache": state, "x-polars-embed-cache-hits": str(hits),
-                   "x-polars-embed-cost-usd": repr(cost)}
+        return body, {"x-polars-embed-cache": state, "x-polars-embed-cache-hits": str(hits), **headers}
+
+    def _account(self, emb: Embedder, req: EmbeddingRequest, key: str, call: Run, texts: list[str], *,
+                 hits: int) -> dict[str, str]:
+        """Fold one request's figures into its key's run and the metrics; its cost header."""
+        from .plan import content_keys
+
+        figures = call.stats.copy()
+        self._run(req, key).add(figures, content_keys(list(dict.fromkeys(texts)), emb.key_prefix()), [])
         if self.metrics is not None:
             m = self.metrics
             m.inputs.labels(key, "hit").inc(hits)
             m.inputs.labels(key, "miss").inc(len(texts) - hits)
-            m.cost.labels(key).inc(cost)
-            m.tokens.labels(key).inc(int(out.filter(~pl.col("embedding_cache_hit"))["embedding_tokens"].sum()))
-        return body, headers
+            m.cost.labels(key).inc(figures.cost_usd)
+            m.tokens.labels(key).inc(figures.tokens_billed)
+        return {"x-polars-embed-cost-usd": repr(figures.cost_usd)}
+
+    def _forget(self, req: EmbeddingRequest, emb: Embedder) -> None:
+        """A model and size that never worked does not keep its slot (a client trying
+        names or sizes the upstream refuses would fill them all)."""
+        slot = (req.model, req.dimensions)
+        with self._lock:
+            if slot not in self._served and self._embedders.get(slot) is emb:
+                del self._embedders[slot]
+                emb.runner.close()
 
     def _decode(self, emb: Embedder, ids: list[int], i: int) -> str:
         """A token array as the text it encodes, when that text encodes back to the same tokens
@@ -350,10 +405,15 @@ class Proxy:
     def _error(self, emb: Embedder, exc: PolarsEmbedError) -> OpenAIError:
         message = self._scrub(emb, str(exc).splitlines()[0])
         if isinstance(exc, LongInputError):
+            m = re.search(r"row (\d+) .* has (\d+) tokens, over the limit of (\d+)", message)
+            if m:
+                message = (f"This model's maximum context length is {m[3]} tokens, however '$.input[{m[1]}]' has "
+                           f"{m[2]} tokens. Please reduce your input.")
             return OpenAIError(400, message, param="input", code="context_length_exceeded")
         if isinstance(exc, RequestRefusedError):
-            status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
-            return OpenAIError(status, message)
+            if exc.status_code and 400 <= exc.status_code < 500:
+                return OpenAIError(exc.status_code, message)
+            return OpenAIError(502, f"the upstream's answers cannot be true: {message}", kind="upstream_error")
         if isinstance(exc, ProviderError):
             code = exc.status_code
             if code in (401, 403):  # the proxy's credentials, not the client's

@@ -52,29 +52,39 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 
+#: Worker threads for requests that are all cache hits, and for those that go upstream: a
+#: crowd of slow misses never makes a hit wait for a thread.
+HIT_THREADS, MISS_THREADS = 16, 64
+#: Request bodies over 1 MiB read and parsed at once (each may take ~10x its size in memory).
+LARGE_BODIES = 4
+
+
 def create_app(config: ProxyConfig) -> Starlette:
     """The ASGI app; the proxy is closed (every key's ledger record written) at shutdown."""
     import contextlib
 
+    import anyio
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     metrics = Metrics()
     proxy = Proxy(config, metrics)
+    limits: dict[str, Any] = {}
 
     def error(exc: OpenAIError) -> Response:
-        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else {}
+        return JSONResponse(exc.body(), status_code=exc.status, headers={**headers, **exc.headers})
 
     async def embeddings(request: Request) -> Response:
         started, key, cache = time.perf_counter(), ANONYMOUS, "none"
         try:
             key = proxy.authenticate(request.headers.get("authorization"))
-            body = await _read(request)
-            req = parse_request(body)
-            payload, headers = await run_in_threadpool(proxy.embed, req, key)
+            req = await _parse(request, limits["bodies"])
+            hit = await anyio.to_thread.run_sync(proxy.all_cached, req, limiter=limits["hits"])
+            payload, headers = await anyio.to_thread.run_sync(proxy.embed, req, key,
+                                                              limiter=limits["hits" if hit else "misses"])
             cache = headers["x-polars-embed-cache"].lower()
             response: Response = Response(json.dumps(payload), media_type="application/json", headers=headers)
         except OpenAIError as exc:
@@ -90,7 +100,7 @@ def create_app(config: ProxyConfig) -> Starlette:
     async def models(request: Request) -> Response:
         try:
             proxy.authenticate(request.headers.get("authorization"))
-            status, body = await run_in_threadpool(_upstream_models, proxy)
+            status, body = await anyio.to_thread.run_sync(_upstream_models, proxy, limiter=limits["hits"])
         except OpenAIError as exc:
             return error(exc)
         return Response(body, status_code=status, media_type="application/json")
@@ -99,16 +109,28 @@ def create_app(config: ProxyConfig) -> Starlette:
         return JSONResponse({"status": "ok", "cache": str(getattr(proxy.cache, "directory", "none"))})
 
     async def metrics_route(request: Request) -> Response:
+        """Prometheus text; with proxy keys, for a holder of one (it names them and their usage)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        try:
+            proxy.authenticate(request.headers.get("authorization"))
+        except OpenAIError as exc:
+            return error(exc)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        detail = getattr(exc, "detail", None) or "error"
+        return error(OpenAIError(status, f"{request.method} {request.url.path}: {detail}"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
+        limits.update(hits=anyio.CapacityLimiter(HIT_THREADS), misses=anyio.CapacityLimiter(MISS_THREADS),
+                      bodies=anyio.Semaphore(LARGE_BODIES))
         try:
             yield
         finally:
-            await run_in_threadpool(proxy.close)
+            await anyio.to_thread.run_sync(proxy.close)
 
     app = Starlette(routes=[
         Route("/v1/embeddings", embeddings, methods=["POST"]),
@@ -116,9 +138,21 @@ def create_app(config: ProxyConfig) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.proxy = proxy
     return app
+
+
+async def _parse(request: Request, large: Any) -> Any:
+    """Read and parse the body off the event loop; bodies over 1 MiB a few at a time."""
+    import anyio
+
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= 2**20:
+        return parse_request(await _read(request))
+    async with large:
+        body = await _read(request)
+        return await anyio.to_thread.run_sync(parse_request, body)
 
 
 async def _read(request: Request) -> bytes:
