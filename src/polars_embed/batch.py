@@ -274,7 +274,7 @@ class BatchFetch:
             errors = getattr(batch.errors, "data", None) or []
             codes = [getattr(e, "code", None) for e in errors]
             reason += f": {getattr(errors[0], 'message', '') if errors else 'no reason given'}"
-            if "token_limit_exceeded" in codes:  # not the texts' fault: smaller batches, later
+            if "token_limit_exceeded" in codes and job.lines > 1:  # not the texts' fault: smaller batches, later
                 self.budget = max(1, min(self.budget, job.tokens // 2))
                 for k in keys:
                     self.tries[k] = self.tries.get(k, 0) - 1
