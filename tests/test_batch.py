@@ -191,3 +191,70 @@ def test_detach_submits_and_exits_then_the_same_command_writes(server, tmp_path,
     records = ledger(tmp_path / "cache" / "ledger.sqlite")
     assert records["status"].to_list() == ["batches pending", "ok"]
     assert records["tokens_billed"][1] == server.batch_api.billed_tokens
+
+
+def test_two_processes_on_one_cache_pay_each_text_once(server, tmp_path, corpus):
+    server.batch_api.faults.seconds = 1.0
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+    second_out = tmp_path / "out2.parquet"
+    cmd2 = command(server, tmp_path)
+    cmd2[cmd2.index(str(tmp_path / "out.parquet"))] = str(second_out)
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in (command(server, tmp_path), cmd2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    api = server.batch_api
+    assert len(api.billed_lines) == len(set(api.billed_lines)) == 1500  # no text paid twice
+    assert api.uploads == api.creates == 1  # the second process waited for the first's batch
+    costs = pl.read_parquet(tmp_path / "out.parquet")["embedding_cost_usd"].sum() + \
+        pl.read_parquet(second_out)["embedding_cost_usd"].sum()
+    assert costs == pytest.approx(api.billed_tokens * HALF, rel=1e-12)  # each cost shown once, in one of them
+
+
+def test_a_claim_of_a_process_that_died_is_free_again(tmp_path):
+    from polars_embed.manifest import Manifest
+
+    manifest = Manifest(tmp_path / "batches.sqlite")
+    manifest.add_paid([(b"k1", 10, 1e-7), (b"k2", 5, 5e-8)], "batch_1")
+    code = (f"from polars_embed.manifest import Manifest; "
+            f"print(Manifest({str(tmp_path / 'batches.sqlite')!r}).claim_paid([b'k1', b'k2'], 'dead-run'))")
+    claimed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "b'k1'" in claimed.stdout  # claimed by a process that then died before delivering
+    assert manifest.claim_paid([b"k1"], "live-run") == {b"k1": (10, 1e-7)}
+    assert manifest.claim_paid([b"k1"], "another") == {}  # held by a live claimer
+    manifest.release("live-run")
+    assert manifest.claim_paid([b"k1"], "another") == {b"k1": (10, 1e-7)}
+    manifest.settle("another")
+    assert manifest.claim_paid([b"k1", b"k2"], "third") == {b"k2": (5, 5e-8)}
+    manifest.add_paid([(b"k1", 10, 1e-7)], "batch_1")  # the same batch read again: shown once
+    assert manifest.claim_paid([b"k1"], "fourth") == {}
+    manifest.add_paid([(b"k1", 12, 1.2e-7)], "batch_2")  # paid again by another batch: shown again
+    assert manifest.claim_paid([b"k1"], "fifth") == {b"k1": (12, 1.2e-7)}
+
+
+def test_a_batch_the_server_lost_is_sent_again(batch_embedder, server):
+    texts = [f"lost {i}" for i in range(30)]
+    server.batch_api.faults.seconds = 5.0
+    first = batch_embedder(BatchSettings(wait=False, poll_seconds=0.05))
+    with pytest.raises(BatchPendingError):
+        first.embed(pl.Series("text", texts))
+    server.batch_api.batches.clear()  # a reset server: it does not know the batch any more
+    server.batch_api.faults.seconds = 0.1
+    out = batch_embedder().embed(pl.Series("text", texts))
+    check_rows(out, texts)
+    assert server.batch_api.creates == 2 and len(server.batch_api.billed_lines) == 30
+
+
+def test_the_command_refuses_and_names_what_it_cannot_do(server, tmp_path, capsys, monkeypatch):
+    from polars_embed.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    pl.DataFrame({"text": ["fine", "word " * 9000]}).write_parquet(tmp_path / "in.parquet")
+    args = ["run", str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), "--model", MODEL, "--dimensions", "16",
+            "--base-url", server.url, "--cache", str(tmp_path / "cache"), "--batch", "--quiet"]
+    assert main([*args, "--no-cache"]) == 2
+    assert "--no-cache" in capsys.readouterr().err
+    assert main([*args, "--on-long-input", "error"]) == 2
+    assert "row 1 of column 'text'" in capsys.readouterr().err  # the input's row, not a position among distinct texts
+    assert main(["batch", "cancel", "--all", "--cache", str(tmp_path / "cache"), "--base-url", server.url]) == 0
+    assert "no live batches" in capsys.readouterr().out

@@ -62,7 +62,10 @@ class BatchSettings:
         from .validate import check_number
 
         for name in ("max_lines", "max_file_bytes", "enqueued_tokens", "max_in_flight", "max_tries"):
-            check_number(name, getattr(self, name), at_least=1)
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                msg = f"{name} must be a whole number of at least 1, got {value!r}"
+                raise ConfigurationError(msg)
         for name in ("poll_seconds", "max_poll_seconds"):
             check_number(name, getattr(self, name), above=0, unit=" (seconds)")
 
@@ -102,6 +105,8 @@ class BatchFetch:
         self.want: dict[bytes, Piece] = {}
         self.tries: dict[bytes, int] = {}
         self.queued: dict[bytes, None] = {}  # an ordered set
+        self.finished: set[bytes] = set()  # answered or failed for good
+        self.awaited: set[bytes] = set()  # in another process's job
         self.budget = settings.enqueued_tokens
 
     # -- the loop ------------------------------------------------------------------------------
@@ -122,26 +127,27 @@ class BatchFetch:
                 self.queued[key] = None
         live = self.attach()
         wait = self.settings.poll_seconds
-        while self.queued or live:
+        while self.pending(live):
             if self.stop.is_set():
                 raise Stopped("the run was stopped")
+            self.join(live)
             self.submit(live)
             ended = self.poll(live)
-            if not self.queued and not live:
+            self.submit(live)  # into the room the ended batches left
+            if not self.pending(live):
                 break
             if not self.settings.wait:
-                pending = len(self.queued) + sum(1 for k in self.want if k not in self.queued and not self.done(k))
-                ids = ", ".join(j.batch_id or j.job for j in live)
-                msg = (f"{pending:,} texts are not back yet from the Batch API (batches {ids or 'none yet'}); "
-                       f"run again to collect them (what ended is cached)")
-                raise BatchPendingError(msg, batch_ids=[j.batch_id for j in live if j.batch_id])
+                ids = [j.batch_id for j in live if j.batch_id]
+                msg = (f"{self.pending(live):,} texts are not back yet from the Batch API (batches "
+                       f"{', '.join(ids) or 'none yet'}); run again to collect them (what ended is cached)")
+                raise BatchPendingError(msg, batch_ids=ids)
             wait = self.settings.poll_seconds if ended else min(wait * 1.5, self.settings.max_poll_seconds)
             if self.stop.wait(wait):
                 raise Stopped("the run was stopped")
 
-    def done(self, key: bytes) -> bool:
-        i = self.index.get(key)
-        return i is not None and (i in self.results.errors or bool(self.results.vectors[i].any()))
+    def pending(self, live: list[Job]) -> int:
+        """Texts of this call not answered nor failed yet (queued, or in a live batch)."""
+        return sum(1 for k in self.want if k not in self.finished) if (self.queued or live or self.awaited) else 0
 
     # -- submit --------------------------------------------------------------------------------
     def line(self, piece: Piece) -> bytes:
@@ -158,25 +164,36 @@ class BatchFetch:
         while self.queued and len(live) < s.max_in_flight:
             room = self.budget - in_flight
             take: list[bytes] = []
-            lines: list[bytes] = []
             size = tokens = 0
             for key in self.queued:
                 p = self.want[key]
-                line = self.line(p)
-                over = size + len(line) + 1 > s.max_file_bytes or tokens + p.tokens > room
+                n = len(self.line(p)) + 1
+                over = size + n > s.max_file_bytes or tokens + p.tokens > room
                 if len(take) >= s.max_lines or (take and over) or (not take and over and live):
                     break
                 take.append(key)
-                lines.append(line)
-                size, tokens = size + len(line) + 1, tokens + p.tokens
+                size, tokens = size + n, tokens + p.tokens
             if not take:
                 return  # waits for room in the budget
             for key in take:
                 del self.queued[key]
-            job = self.manifest.prepare(self.tag, take, tokens)
-            self.upload(job, b"\n".join(lines) + b"\n")
+            job, held = self.manifest.prepare(self.tag, take, tokens)
+            if held:  # another process is sending these: its batch is joined (``join``) and awaited
+                self.awaited.update(held)
+            if job is None:
+                continue
+            # a process whose batch ended since this call's lookup cached them first: not sent again
+            cached = self.adopt([k for k in take if k not in held])
+            keys = [k for k in take if k not in held and k not in cached]
+            if not keys:
+                self.manifest.end(job, "abandoned", "cached by another process meanwhile")
+                continue
+            if held or cached:
+                self.manifest.drop_keys(job, [*held, *cached])
+                self.manifest.set_tokens(job, sum(self.want[k].tokens for k in keys))
+            self.upload(job, b"".join(self.line(self.want[k]) + b"\n" for k in keys))
             live.append(job)
-            in_flight += tokens
+            in_flight += job.tokens
 
     def upload(self, job: Job, data: bytes) -> None:
         client = self.provider.client()
@@ -208,29 +225,78 @@ class BatchFetch:
 
     # -- re-attach -----------------------------------------------------------------------------
     def attach(self) -> list[Job]:
-        """The manifest's live jobs holding texts of this call, each taken up where it stopped."""
+        """The manifest's live jobs holding texts of this call (cached ones too: their cost
+        is still to be shown), each taken up where it stopped."""
         live = []
+        mine = set(self.keys)
         for job in self.manifest.live(self.tag):
             keys = self.manifest.keys(job)
-            if not any(k in self.want for k in keys):
+            if not any(k in mine for k in keys):
                 continue  # another call's job
-            if job.state == "prepared" or (job.state == "uploading" and not self.find_file(job)):
-                if all(k in self.want for k in keys):  # nothing reached the server: send it now
-                    for k in keys:
-                        self.queued.pop(k, None)
-                    self.upload(job, b"\n".join(self.line(self.want[k]) for k in keys) + b"\n")
-                    live.append(job)
-                else:
-                    self.manifest.end(job, "abandoned", "its texts are not all in this call; sent anew")
-                continue
-            if job.state == "uploaded" or (job.state == "creating" and not self.find_batch(job)):
-                self.create(job)
-            elif job.state == "submitted":
-                self.batch_ids.append(job.batch_id or "")
+            if job.busy:  # another process is sending it right now: awaited (``join``)
+                self.awaited.update(k for k in keys if k in self.queued)
+                for k in keys:
+                    self.queued.pop(k, None)
+            elif self.resume(job, keys):
+                live.append(job)
+        return live
+
+    def resume(self, job: Job, keys: list[bytes]) -> bool:
+        """Take ``job`` up from its state; False if it was abandoned (its texts queued anew)."""
+        if job.state == "prepared" or (job.state == "uploading" and not self.find_file(job)):
+            if not all(k in self.want for k in keys):
+                self.manifest.end(job, "abandoned", "nothing reached the server and its texts are not all here")
+                return False
             for k in keys:
                 self.queued.pop(k, None)
-            live.append(job)
-        return live
+            self.upload(job, b"".join(self.line(self.want[k]) + b"\n" for k in keys))
+            return True
+        if job.state == "uploaded" or (job.state == "creating" and not self.find_batch(job)):
+            self.create(job)
+        elif job.state == "submitted":
+            self.batch_ids.append(job.batch_id or "")
+        for k in keys:
+            self.queued.pop(k, None)
+        return True
+
+    def join(self, live: list[Job]) -> None:
+        """Batches another process submitted with texts this call awaits are polled here too
+        (a job that process left half-sent when it died is taken over); texts whose job ended
+        elsewhere are read from the cache, or sent again if it does not have them."""
+        if not self.awaited:
+            return
+        ours, still = {j.job for j in live}, set()
+        for job in self.manifest.live(self.tag):
+            if job.job in ours:
+                continue
+            keys = self.manifest.keys(job)
+            mine = [k for k in keys if k in self.awaited]
+            if not mine:
+                continue
+            if not job.busy and self.resume(job, keys):
+                live.append(job)
+                self.awaited.difference_update(keys)
+            else:
+                still.update(mine)
+        ended = self.awaited - still
+        if ended:
+            self.awaited -= ended
+            found = self.adopt(list(ended))
+            for key in ended - found:
+                if key not in self.finished:
+                    self.queued[key] = None
+
+    def adopt(self, keys: list[bytes]) -> set[bytes]:
+        """Those of ``keys`` another process has cached: taken from the cache (their cost is
+        claimed from the manifest when the call ends)."""
+        found = set()
+        for key, value in zip(keys, self.cache.get_many(keys) if keys else []):
+            i = self.index.get(key)
+            if value is not None and i is not None:
+                self.results.vectors[i], self.results.tokens[i] = value
+                self.finished.add(key)
+                found.add(key)
+        return found
 
     def find_file(self, job: Job) -> bool:
         """An upload cut short may have landed: found by its name, it is not sent again."""
@@ -257,7 +323,17 @@ class BatchFetch:
         client = self.provider.client()
         ended = False
         for job in list(live):
-            b = self.call(functools.partial(client.batches.retrieve, job.batch_id))
+            try:
+                b = self.call(functools.partial(client.batches.retrieve, job.batch_id))
+            except ProviderError as exc:
+                if exc.status_code != 404:
+                    raise
+                live.remove(job)  # the server does not know it (another project, a reset): sent again
+                self.manifest.end(job, "lost", f"the server does not know batch {job.batch_id}")
+                for key in self.manifest.keys(job):
+                    if key in self.want and key not in self.finished:
+                        self.requeue(key, f"batch {job.batch_id} lost")
+                continue
             if b.status in TERMINAL:
                 self.ingest(job, b)
                 live.remove(job)
@@ -281,11 +357,11 @@ class BatchFetch:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 self.read(file_id, answered, refused)
-        self.store(answered)
+        self.store(answered, batch.id)
         for key, message in refused.items():
             self.fail(key, message)
         for key in keys:
-            if key in self.want and key not in answered and key not in refused:
+            if key in self.want and key not in answered and key not in refused and key not in self.finished:
                 self.requeue(key, reason)
         self.stats.requests += 1
         self.manifest.end(job, batch.status, None if batch.status == "completed" else reason)
@@ -310,35 +386,44 @@ class BatchFetch:
                 error = ((response.get("body") or {}).get("error") or {}).get("message") or f"HTTP {code}"
                 refused[key] = f"refused by the Batch API ({code}): {error}"
 
-    def store(self, answered: dict[bytes, tuple[np.ndarray, int]]) -> None:
+    def store(self, answered: dict[bytes, tuple[np.ndarray, int]], batch_id: str) -> None:
+        """Answers into the manifest's ``paid`` (first: a kill after the cache write cannot
+        lose their cost), the cache, and this call's results."""
         if not answered:
             return
         price = self.stage.price / 1e6
         items: list[Item] = [(k, v, t) for k, (v, t) in answered.items()]
-        done, billed, unclaimed = [], 0, []
+        self.manifest.add_paid([(k, t, t * price) for k, (_, t) in answered.items()], batch_id)
+        done, billed = [], 0
         res = self.results
         for key, (vector, tokens) in answered.items():
             billed += tokens
             i = self.index.get(key)
-            if i is not None and key in self.want and not self.done(key) and not self.prefetch:
-                res.vectors[i], res.tokens[i], res.cost[i] = vector, tokens, tokens * price
-                done.append(i)
-            else:  # another call's text, or a prefetch: a row of a later call claims the cost
-                unclaimed.append((key, tokens, tokens * price))
+            if i is not None and key in self.want and key not in self.finished:
+                self.finished.add(key)
+                res.vectors[i], res.tokens[i] = vector, tokens
+                if not self.prefetch:  # shown on this call's row (claimed when the call ends)
+                    res.cost[i] = tokens * price
+                    done.append(i)
         self.stats.tokens_billed += billed
         self.stats.cost_usd += billed * price
         try:
+            if getattr(self.cache, "unwritable", None):
+                raise CacheError("the cache cannot be written")
             self.cache.set_many(items, tag=self.stage.tag)
         except CacheError as exc:
+            if self.prefetch:  # collected only into the cache: without it they would be paid again
+                msg = (f"{exc}; batch results are collected into the cache before the output is written, so "
+                       f"nothing more is sent. Free the disk and rerun: ended batches are downloaded again, not paid again")
+                raise CacheError(msg) from None
             self.stats.uncached += len(items)
             self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
-        if unclaimed:
-            self.manifest.add_paid(unclaimed)
         if self.on_stored is not None:
             self.on_stored([it for it in items if it[0] in self.index], done, billed)
 
     def fail(self, key: bytes, message: str) -> None:
         self.refused[key] = message
+        self.finished.add(key)
         i = self.index.get(key)
         if i is not None and key in self.want:
             self.results.errors[i] = message
@@ -371,6 +456,7 @@ class BatchMode:
         self.settings = settings
         self.refused: dict[bytes, str] = {}
         self.prefetch = False  # set by ``polars-embed run --batch`` while it collects (see ``job.py``)
+        self.defer = False  # claims settled when the run's output is in place (``job.py``)
         self._manifest: Manifest | None = None
 
     def manifest(self, cache: Cache) -> Manifest:
@@ -382,8 +468,8 @@ class BatchMode:
 
         if self._manifest is None:
             where = getattr(cache, "ledger_path", None)
-            directory = Path(where()).parent if callable(where) else default_cache_dir()
-            self._manifest = Manifest(directory / "batches.sqlite")
+            path = where() if callable(where) else None
+            self._manifest = Manifest((Path(path).parent if path else default_cache_dir()) / "batches.sqlite")
         return self._manifest
 
     def options(self, cache: Cache, run: Any) -> dict[str, Any]:
@@ -391,20 +477,25 @@ class BatchMode:
                 "batch_ids": run.batch_ids, "prefetch": self.prefetch}
 
     def claim(self, cache: Cache, call: Any) -> None:
-        """Texts of ``call`` found in the cache that a batch paid for and no row has shown
-        yet (collected earlier, maybe by another process): their first row shows the cost."""
+        """The rows of ``call`` show what batches paid for their texts and no row has shown
+        yet (collected earlier, maybe by another process): a cached text's first row takes
+        its cost. Settled at once, or with ``defer`` when ``settle`` is called (once
+        ``polars-embed run``'s output is in place; ``release`` if it never is)."""
         if self.prefetch:
             return
-        cached = np.flatnonzero(call.from_cache)
-        paid = self.manifest(cache).claim_paid([call.keys[i] for i in cached]) if len(cached) else {}
-        for i in cached:
-            value = paid.get(call.keys[i])
-            if value is not None:
+        keys = [k for i, k in enumerate(call.keys) if i not in call.res.errors]
+        paid = self.manifest(cache).claim_paid(keys, call.run.run_id) if keys else {}
+        where = {k: i for i, k in enumerate(call.keys)} if paid else {}
+        for key, value in paid.items():
+            i = where[key]
+            if call.from_cache[i] or not call.res.cost[i]:  # cached, or fetched by another process
+                call.stats.misses += int(call.from_cache[i])
                 call.from_cache[i] = False
                 call.res.tokens[i], call.res.cost[i] = value
-                call.stats.misses += 1
                 call.stats.tokens_billed += value[0]
                 call.stats.cost_usd += value[1]
+        if paid and not self.defer:
+            self.manifest(cache).settle(call.run.run_id)
 
 
 def batch_mode(provider: Any, mode: str, settings: BatchSettings | None, on_long_input: str) -> BatchMode | None:

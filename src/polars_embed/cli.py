@@ -187,10 +187,25 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return EXIT_OK
     manifest = Manifest(path)
     client = _batch_client(args.base_url)
+    try:
+        return _batch_action(args, manifest, client)
+    except Exception as exc:
+        import openai
+
+        if not isinstance(exc, openai.OpenAIError):
+            raise
+        msg = f"the Batch API failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        raise ProviderError(msg, status_code=getattr(exc, "status_code", None)) from None
+
+
+def _batch_action(args: argparse.Namespace, manifest: Any, client: Any) -> int:
     if args.action == "cancel":
         live = [j.batch_id for j in manifest.live() if j.batch_id]
         ids = live if args.all else args.batch_ids
         if not ids:
+            if args.all:
+                print("no live batches to cancel")
+                return EXIT_OK
             raise ConfigurationError("name the batches to cancel, or pass --all")
         if client is None:
             raise ConfigurationError("no API key: set OPENAI_API_KEY to cancel batches")
@@ -295,6 +310,8 @@ def _embedder(args: argparse.Namespace) -> Any:
 
     if args.detach and not args.batch:
         raise ConfigurationError("--detach needs --batch")
+    if args.batch and args.no_cache:
+        raise ConfigurationError("--batch collects the batches' results into the cache before writing: drop --no-cache")
     batch = BatchSettings(wait=not args.detach, poll_seconds=args.poll_seconds, enqueued_tokens=args.enqueued_tokens,
                           max_poll_seconds=max(600.0, args.poll_seconds)) if args.batch else None
     return Embedder(

@@ -175,7 +175,8 @@ def run(
     require_column(lf, column, source)
     preflight(lf, Path(source), output, column, name, embedder)
     failed: dict[int, str] = {}
-    with output_lock(output), embedder.run(source=f"polars-embed run {source}") as r, writing(output) as tmp:
+    with output_lock(output), embedder.run(source=f"polars-embed run {source}") as r, \
+            claims_delivered(embedder, r), writing(output) as tmp:
         r.on_progress = on_progress
         if embedder.batch is not None:
             collect_batches(embedder, r, lf, column, source)
@@ -209,15 +210,36 @@ def collect_batches(embedder: Embedder, run: Run, lf: pl.LazyFrame, column: str,
 
     assert embedder.batch is not None
     with readable(source):
-        texts = lf.select(pl.col(column)).unique().collect()[column]
+        first = lf.select(pl.col(column)).with_row_index("__row__").collect()
+    first = first.unique(subset=column, keep="first", maintain_order=True)
     collecting = Run(f"batch collection of {source}")
     embedder.batch.prefetch = True
     try:
-        embedder.embed(texts, column=column, run=collecting)
+        embedder.embed(first[column], column=column, run=collecting, rows=first["__row__"].to_numpy())
     finally:
         embedder.batch.prefetch = False
         run.batch_ids.extend(collecting.batch_ids)
         run.add(RunStats(requests=collecting.stats.requests, retries=collecting.stats.retries), [], [])
+
+
+@contextlib.contextmanager
+def claims_delivered(embedder: Embedder, run: Run) -> Iterator[None]:
+    """Batch mode: the costs the output's rows claim are settled once it is in place, and
+    free again for the next run if it never is."""
+    batch = embedder.batch
+    if batch is None:
+        yield
+        return
+    batch.defer = True
+    manifest = batch.manifest(embedder.cache)
+    try:
+        yield
+    except BaseException:
+        manifest.release(run.run_id)
+        raise
+    finally:
+        batch.defer = False
+    manifest.settle(run.run_id)
 
 
 @contextlib.contextmanager
