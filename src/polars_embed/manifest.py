@@ -244,6 +244,7 @@ class Manifest:
             con = self._connect()
             try:
                 with con:
+                    con.execute("BEGIN IMMEDIATE")  # read and claim in one step: two processes never take the same row
                     if not con.execute("SELECT 1 FROM paid WHERE settled = 0 LIMIT 1").fetchone():
                         return found
                     dead = {c for c, pid in con.execute("SELECT DISTINCT claimed_by, claimer_pid FROM paid "
