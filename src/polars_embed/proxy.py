@@ -386,8 +386,7 @@ class Proxy:
         slot = (req.model, req.dimensions)
         with self._lock:
             if slot not in self._served and self._embedders.get(slot) is emb:
-                del self._embedders[slot]
-                emb.runner.close()
+                del self._embedders[slot]  # not closed: a request of it may still be in flight
 
     def _decode(self, emb: Embedder, ids: list[int], i: int) -> str:
         """A token array as the text it encodes, when that text encodes back to the same tokens
