@@ -258,3 +258,12 @@ def test_the_command_refuses_and_names_what_it_cannot_do(server, tmp_path, capsy
     assert "row 1 of column 'text'" in capsys.readouterr().err  # the input's row, not a position among distinct texts
     assert main(["batch", "cancel", "--all", "--cache", str(tmp_path / "cache"), "--base-url", server.url]) == 0
     assert "no live batches" in capsys.readouterr().out
+
+
+def test_max_cost_holds_before_any_upload(batch_embedder, server):
+    from polars_embed.errors import BudgetExceededError
+
+    emb = batch_embedder(max_cost=1e-9)
+    with pytest.raises(BudgetExceededError, match="max_cost"):
+        emb.embed(pl.Series("text", [f"too dear {i}" for i in range(50)]))
+    assert server.batch_api.uploads == 0

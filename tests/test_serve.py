@@ -273,6 +273,10 @@ def test_the_command_refuses_an_open_proxy_off_loopback_and_adds_keys(tmp_path, 
     assert main(["serve", "--new-key", "ci", "--keys", str(tmp_path / "k.json")]) == 0
     key = capsys.readouterr().out.splitlines()[-1]
     assert Keys(tmp_path / "k.json").name_of(key) == "ci"
+    assert main(["serve", "--new-key", "ci", "--keys", str(tmp_path / "k.json")]) == 2  # never replaced silently
+    assert "already has a key named 'ci'" in capsys.readouterr().err
+    assert main(["serve", "--keys", str(tmp_path / "typo.json")]) == 2
+    assert "--new-key" in capsys.readouterr().err
     monkeypatch.delenv("OPENAI_API_KEY")
     assert main(["serve"]) == 2
     assert "OPENAI_API_KEY" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import base64
 import binascii
 import functools
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .tokens import Piece
 
 TERMINAL = ("completed", "expired", "cancelled", "failed")
+log = logging.getLogger("polars_embed")
 
 
 @dataclass
@@ -106,6 +108,7 @@ class BatchFetch:
         self.tries: dict[bytes, int] = {}
         self.queued: dict[bytes, None] = {}  # an ordered set
         self.finished: set[bytes] = set()  # answered or failed for good
+        self.reserved: dict[str, float] = {}  # job -> its estimate reserved under max_cost
         self.awaited: set[bytes] = set()  # in another process's job
         self.budget = settings.enqueued_tokens
 
@@ -141,9 +144,10 @@ class BatchFetch:
                 msg = (f"{self.pending(live):,} texts are not back yet from the Batch API (batches "
                        f"{', '.join(ids) or 'none yet'}); run again to collect them (what ended is cached)")
                 raise BatchPendingError(msg, batch_ids=ids)
-            wait = self.settings.poll_seconds if ended else min(wait * 1.5, self.settings.max_poll_seconds)
+            wait = self.settings.poll_seconds if ended else wait
             if self.stop.wait(wait):
                 raise Stopped("the run was stopped")
+            wait = min(wait * 1.5, self.settings.max_poll_seconds)
 
     def pending(self, live: list[Job]) -> int:
         """Texts of this call not answered nor failed yet (queued, or in a live batch)."""
@@ -175,18 +179,23 @@ class BatchFetch:
                 size, tokens = size + n, tokens + p.tokens
             if not take:
                 return  # waits for room in the budget
+            estimate = tokens * self.stage.price / 1e6
+            self.stage.budget.reserve(estimate)  # max_cost: raised before the upload, nothing sent
             for key in take:
                 del self.queued[key]
             job, held = self.manifest.prepare(self.tag, take, tokens)
             if held:  # another process is sending these: its batch is joined (``join``) and awaited
                 self.awaited.update(held)
             if job is None:
+                self.stage.budget.settle(estimate, 0.0)
                 continue
+            self.reserved[job.job] = estimate
             # a process whose batch ended since this call's lookup cached them first: not sent again
             cached = self.adopt([k for k in take if k not in held])
             keys = [k for k in take if k not in held and k not in cached]
             if not keys:
                 self.manifest.end(job, "abandoned", "cached by another process meanwhile")
+                self.stage.budget.settle(self.reserved.pop(job.job), 0.0)
                 continue
             if held or cached:
                 self.manifest.drop_keys(job, [*held, *cached])
@@ -209,6 +218,7 @@ class BatchFetch:
                                                     completion_window="24h", metadata={"polars_embed_job": job.job}))
         self.manifest.step(job, "submitted", batch_id=b.id)
         self.batch_ids.append(b.id)
+        log.info(f"batch {b.id} submitted: {job.lines:,} texts, {job.tokens:,} tokens")
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """A Batch API call, retried a few times on what is worth retrying."""
@@ -358,6 +368,9 @@ class BatchFetch:
             if file_id:
                 self.read(file_id, answered, refused)
         self.store(answered, batch.id)
+        billed = sum(t for _, t in answered.values()) * self.stage.price / 1e6
+        self.stage.budget.settle(self.reserved.pop(job.job, 0.0), billed)
+        log.info(f"batch {batch.id} {batch.status}: {len(answered):,} texts back, {len(refused):,} refused")
         for key, message in refused.items():
             self.fail(key, message)
         for key in keys:

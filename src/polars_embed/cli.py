@@ -183,7 +183,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     path = Path(args.cache or default_cache_dir()) / "batches.sqlite"
     if not path.exists():
-        print(f"no batch jobs: {path} does not exist")
+        print(f"no batch jobs: {path} does not exist (pass the --cache DIR the run used)")
         return EXIT_OK
     manifest = Manifest(path)
     client = _batch_client(args.base_url)
@@ -212,7 +212,10 @@ def _batch_action(args: argparse.Namespace, manifest: Any, client: Any) -> int:
         for batch_id in ids:
             print(f"{batch_id}: {client.batches.cancel(batch_id).status}")
         return EXIT_OK
-    for j in manifest.jobs():
+    jobs = manifest.jobs()
+    if jobs:
+        print(f"{'job':<16}  {'created':<16}  {'state':<10} {'batch id':<30} {'texts':>13} {'tokens':>18}  ended as")
+    for j in jobs:
         progress = ""
         if j.batch_id and j.state == "submitted" and client is not None:
             b = client.batches.retrieve(j.batch_id)
@@ -281,10 +284,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.new_key is not None:
         if keys is None:
             raise ConfigurationError("--new-key needs --keys FILE, the file to add it to")
+        if args.new_key in keys.hashes:
+            raise ConfigurationError(f"{args.keys} already has a key named {args.new_key!r}; pick another name "
+                                     "(or delete its line from the file to replace it)")
         key = keys.add(args.new_key)
         print(f"new proxy key {args.new_key!r} (shown once, only its hash is kept in {args.keys}):")
         print(key)
         return EXIT_OK
+    if keys is not None and not keys.hashes:
+        raise ConfigurationError(f"{args.keys} holds no proxy key (missing or empty): add one with --new-key NAME")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if keys is None and not loopback and not args.allow_open:
         raise ConfigurationError(f"serving {args.host} without --keys lets anyone spend the upstream key; "
@@ -397,13 +405,15 @@ def _print_summary(emb: Any, result: Any) -> None:
     s = result.stats
     repeats = s.hit_rows - s.cached_rows
     print(f"embedded {s.rows:,} rows ({s.distinct:,} distinct texts) with {emb.model} in {s.wall_seconds:.1f} s")
-    print(f"  new texts      {s.misses:,} embedded in {s.requests:,} request{'s' * (s.requests != 1)} "
+    unit = "batch" if emb.mode == "batch" else "request"
+    print(f"  new texts      {s.misses:,} embedded in {s.requests:,} {unit}{'es' if unit == 'batch' and s.requests != 1 else 's' * (s.requests != 1)} "
           f"({s.retries} retr{'ies' if s.retries != 1 else 'y'})")
     print(f"  cache hits     {s.hit_rows:,} rows ({s.hit_rows / max(1, s.rows):.0%}): {s.cached_rows:,} in the "
           f"cache before this run, {repeats:,} repeats within it")
     if emb.price:
         print(f"  tokens billed  {s.tokens_billed:,}")
-        print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f})")
+        price = f", Batch API price ${emb.price:g}/1M tokens" if emb.mode == "batch" else ""
+        print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f}{price})")
     elif emb.provider.name == "local":
         print(f"  tokens         {s.tokens_counted:,} counted; a local model costs nothing but time")
     else:
@@ -579,7 +589,11 @@ def _reachable(base_url: str) -> tuple[bool, str]:
 
 
 #: The library's words for a setting, and the option that sets it here.
-_OPTIONS = [("pass api_key= (or use model='local:...' offline)", "or run offline with --model local:all-MiniLM-L6-v2"),
+_OPTIONS = [("mode='batch' needs the OpenAI Batch API (or a server that has it), not a local model",
+             "--batch needs a model of the OpenAI Batch API: pass e.g. --model text-embedding-3-small"),
+            ("mode='batch' sends one line per text, so not on_long_input='chunk': use 'truncate' or 'error'",
+             "--batch sends one line per text, so not --on-long-input chunk: use truncate or error"),
+            ("pass api_key= (or use model='local:...' offline)", "or run offline with --model local:all-MiniLM-L6-v2"),
             ("model='local:", "--model local:"), ("pass base_url= and dimensions=", "pass --base-url and --dimensions"),
             ("pass dimensions=", "pass --dimensions"), ("dimensions=", "--dimensions "),
             ("price_per_million", "--price"), ("max_workers", "--workers"), ("max_cost", "--max-cost"),

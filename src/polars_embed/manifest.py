@@ -30,12 +30,13 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job TEXT PRIMARY KEY, tag TEXT NOT NULL, state TEXT NOT NULL, file_id TEXT, batch_id TEXT,
     lines INTEGER NOT NULL, tokens INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-    status TEXT, detail TEXT
+    status TEXT, detail TEXT, pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS job_keys (job TEXT NOT NULL, key BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS job_keys_job ON job_keys (job);
 CREATE TABLE IF NOT EXISTS paid (key BLOB PRIMARY KEY, tokens INTEGER NOT NULL, cost REAL NOT NULL,
-                                 claimed_by TEXT, claimer_pid INTEGER);
+                                 claimed_by TEXT, claimer_pid INTEGER, batch_id TEXT,
+                                 settled INTEGER NOT NULL DEFAULT 0, settled_at REAL);
 """
 #: Settled claims are kept a month (a batch read again must not add its cost again), then forgotten.
 KEEP_SETTLED = 30 * 86400
@@ -120,7 +121,11 @@ class Manifest:
                     have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
                     for column, kind in columns:
                         if column not in have:  # a manifest of an earlier version
-                            con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                            try:
+                                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                            except sqlite3.OperationalError as exc:  # another process added it just now
+                                if "duplicate column" not in str(exc):
+                                    raise
                 con.execute("DELETE FROM paid WHERE settled = 1 AND settled_at < ?", (time.time() - KEEP_SETTLED,))
         finally:
             con.close()
