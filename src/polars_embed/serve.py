@@ -73,10 +73,6 @@ def create_app(config: ProxyConfig) -> Starlette:
     proxy = Proxy(config, metrics)
     limits: dict[str, Any] = {}
 
-    def error(exc: OpenAIError) -> Response:
-        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else {}
-        return JSONResponse(exc.body(), status_code=exc.status, headers={**headers, **exc.headers})
-
     async def embeddings(request: Request) -> Response:
         started, key, cache = time.perf_counter(), ANONYMOUS, "none"
         try:
@@ -118,11 +114,6 @@ def create_app(config: ProxyConfig) -> Starlette:
             return error(exc)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 500)
-        detail = getattr(exc, "detail", None) or "error"
-        return error(OpenAIError(status, f"{request.method} {request.url.path}: {detail}"))
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         limits.update(hits=anyio.CapacityLimiter(HIT_THREADS), misses=anyio.CapacityLimiter(MISS_THREADS),
@@ -141,6 +132,21 @@ def create_app(config: ProxyConfig) -> Starlette:
     ], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.proxy = proxy
     return app
+
+
+def error(exc: OpenAIError) -> Response:
+    """An ``OpenAIError`` as OpenAI answers it (with its cost header, if it paid)."""
+    from starlette.responses import JSONResponse
+
+    headers = {"www-authenticate": "Bearer"} if exc.status == 401 else {}
+    return JSONResponse(exc.body(), status_code=exc.status, headers={**headers, **exc.headers})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 in OpenAI's shape."""
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None) or "error"
+    return error(OpenAIError(status, f"{request.method} {request.url.path}: {detail}"))
 
 
 async def _parse(request: Request, large: Any) -> Any:
