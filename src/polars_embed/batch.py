@@ -167,23 +167,25 @@ class BatchFetch:
         in_flight = sum(j.tokens for j in live)
         while self.queued and len(live) < s.max_in_flight:
             room = self.budget - in_flight
-            take: list[bytes] = []
+            lines: dict[bytes, bytes] = {}  # the texts taken, each as its line of the file
             size = tokens = 0
             for key in self.queued:
                 p = self.want[key]
-                n = len(self.line(p)) + 1
-                over = size + n > s.max_file_bytes or tokens + p.tokens > room
-                if len(take) >= s.max_lines or (take and over) or (not take and over and live):
+                line = self.line(p) + b"\n"
+                over = size + len(line) > s.max_file_bytes or tokens + p.tokens > room
+                if len(lines) >= s.max_lines or (lines and over) or (not lines and over and live):
                     break
-                take.append(key)
-                size, tokens = size + n, tokens + p.tokens
+                lines[key] = line
+                size, tokens = size + len(line), tokens + p.tokens
+            take = list(lines)
             if not take:
                 return  # waits for room in the budget
             estimate = tokens * self.stage.price / 1e6
             self.stage.budget.reserve(estimate)  # max_cost: raised before the upload, nothing sent
             for key in take:
                 del self.queued[key]
-            job, held = self.manifest.prepare(self.tag, take, tokens)
+            job, held_out = self.manifest.prepare(self.tag, take, tokens)
+            held = set(held_out)
             if held:  # another process is sending these: its batch is joined (``join``) and awaited
                 self.awaited.update(held)
             if job is None:
@@ -200,7 +202,7 @@ class BatchFetch:
             if held or cached:
                 self.manifest.drop_keys(job, [*held, *cached])
                 self.manifest.set_tokens(job, sum(self.want[k].tokens for k in keys))
-            self.upload(job, b"".join(self.line(self.want[k]) + b"\n" for k in keys))
+            self.upload(job, b"".join(lines[k] for k in keys))
             live.append(job)
             in_flight += job.tokens
 
