@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test notebooks install clean
+.PHONY: demo test notebooks install clean redis-server
 
 # Embeds the shipped sample offline (no key, no network) and prints the cost/cache summary.
 # Run it twice: the second run is all cache hits. It uses the cache the command uses after it
@@ -11,9 +11,16 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(BIN)/polars-embed run data/sample.parquet data/out/sample_embedded.parquet --column text
 
-# The package with its test extras (hypothesis, and what executes the notebooks), then the suite.
-test: $(VENV)/.installed-test
+# The package with its test extras (hypothesis, what executes the notebooks, Ray and redis-py),
+# the redis-server the scale-out tests start (Debian's package, when missing), then the suite.
+test: $(VENV)/.installed-test redis-server
 	$(BIN)/python -m pytest -q
+
+# The tests start a real redis-server on a free port; install Debian's when there is none.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 # What the notebooks need (matplotlib, Jupyter), then JupyterLab on notebooks/.
 notebooks: $(VENV)/.installed-jupyter

@@ -15,18 +15,23 @@ from .errors import (
     ConfigurationError,
     InputError,
     LedgerError,
+    LimiterError,
     LongInputError,
     OutputError,
     PolarsEmbedError,
     ProviderError,
     RequestRefusedError,
     RowsFailedError,
+    SharedCacheError,
+    SharedStateError,
 )
 from .estimate import Estimate, estimate
 from .expr import embed_column
 from .io import read_metadata, write_parquet
 from .ledger import Ledger, ledger
 from .providers import Limits
+from .redis_cache import RedisCache
+from .redis_limiter import RedisLimiter
 from .run import Run
 
 __all__ = [
@@ -43,15 +48,20 @@ __all__ = [
     "InputError",
     "Ledger",
     "LedgerError",
+    "LimiterError",
     "Limits",
     "LongInputError",
     "MemoryCache",
     "OutputError",
     "PolarsEmbedError",
     "ProviderError",
+    "RedisCache",
+    "RedisLimiter",
     "RequestRefusedError",
     "RowsFailedError",
     "Run",
+    "SharedCacheError",
+    "SharedStateError",
     "__version__",
     "embed_column",
     "estimate",

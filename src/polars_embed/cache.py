@@ -11,10 +11,11 @@ reads as a miss, so the text is fetched again and the entry overwritten, and it 
 (``damaged`` in ``stats()``). A cache that cannot be written (a full disk, a read-only
 directory) is still read; what is fetched meanwhile is returned, not cached.
 
-The interface is four methods (``get_many``, ``set_many``, ``stats``, ``close``) and an
-optional fifth (``ledger_path``: where the run ledger of this cache lives; ``None`` or
-absent for the default directory), so another backend (Redis for many machines) plugs in
-without touching the pipeline.
+The interface is four methods (``get_many``, ``set_many``, ``stats``, ``close``) and
+optional ones: ``ledger_path`` (where the run ledger of this cache lives; ``None`` or absent
+for the default directory) and, for a cache shared between machines, ``claim``/``release``/
+``wait`` (texts another worker is fetching: see ``redis_cache.py``), so another backend plugs
+in without touching the pipeline.
 """
 
 from __future__ import annotations
@@ -465,11 +466,18 @@ class NoCache:
 
 
 def open_cache(cache: Cache | str | os.PathLike[str] | bool | None) -> Cache:
-    """``None``/``True``: the default directory; ``False``: no cache; a path or an object."""
+    """``None``/``True``: the default directory; ``False``: no cache; ``"redis://host:port/db"``:
+    a Redis many workers share (``redis_cache.RedisCache``); a path or an object."""
     if cache is None or cache is True:
         return DiskCache()
     if cache is False:
         return NoCache()
+    from .redis_link import is_redis_url
+
+    if is_redis_url(cache):
+        from .redis_cache import RedisCache
+
+        return RedisCache(str(cache))
     if isinstance(cache, (str, os.PathLike)):
         return DiskCache(cache)
     for method in ("get_many", "set_many", "stats", "close"):

@@ -77,8 +77,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="output dimensions (needed for a model other than OpenAI's text-embedding-3-small/-large, "
                    "ada-002 and the local one; 3-small/-large also take fewer)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or OpenAI)")
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
+    p.add_argument("--cache", default=None, metavar="DIR|REDIS_URL",
+                   help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir), or "
+                   "redis://host:port/db: one cache for every worker")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
 
 
@@ -120,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--poll-seconds", type=float, default=30.0, help="with --batch: first wait between polls (default: 30)")
     run.add_argument("--enqueued-tokens", type=int, default=20_000_000,
                      help="with --batch: your enqueued-token limit for the model (default: 20,000,000)")
+    run.add_argument("--limiter", default=None, metavar="REDIS_URL",
+                     help="one --rpm/--tpm quota shared with every run that names this Redis (redis://host:port/db)")
+    run.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: threads in this process (default); ray: Ray Data actors (pip install "
+                     "'polars-embed[ray]'), sharing what --cache/--limiter name")
+    run.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="with --engine ray: the cluster to join (default: start Ray on this machine)")
+    run.add_argument("--actors", type=int, default=None,
+                     help="with --engine ray: actors (default: 4 for a network model, one per CPU for a local one)")
     _add_common(run, bar=True)
 
     cache = sub.add_parser("cache", help="inspect or clean the cache", description="Inspect or clean the vector cache.")
@@ -312,31 +322,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _embedder(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Embedder`` keywords of ``run``'s arguments."""
     from .batch import BatchSettings
-    from .embedder import Embedder
 
+    if args.engine == "ray" and (args.batch or args.dry_run):
+        raise ConfigurationError(f"--engine ray does not do {'--batch' if args.batch else '--dry-run'}; drop one of them")
+    if (args.ray_address or args.actors) and args.engine != "ray":
+        raise ConfigurationError("--ray-address and --actors need --engine ray")
     if args.detach and not args.batch:
         raise ConfigurationError("--detach needs --batch")
     if args.batch and args.no_cache:
         raise ConfigurationError("--batch collects the batches' results into the cache before writing: drop --no-cache")
     batch = BatchSettings(wait=not args.detach, poll_seconds=args.poll_seconds, enqueued_tokens=args.enqueued_tokens,
                           max_poll_seconds=max(600.0, args.poll_seconds)) if args.batch else None
-    return Embedder(
-        args.model,
-        dimensions=args.dimensions,
-        base_url=args.base_url,
-        cache=False if args.no_cache else args.cache,
-        on_long_input=args.on_long_input,
-        on_error="null",
-        price_per_million=args.price,
-        max_cost=args.max_cost,
-        max_workers=args.workers,
-        rpm=args.rpm,
-        tpm=args.tpm,
-        mode="batch" if args.batch else "sync",
-        batch=batch,
-    )
+    return {
+        "model": args.model,
+        "dimensions": args.dimensions,
+        "base_url": args.base_url,
+        "cache": False if args.no_cache else args.cache,
+        "on_long_input": args.on_long_input,
+        "on_error": "null",
+        "price_per_million": args.price,
+        "max_cost": args.max_cost,
+        "max_workers": args.workers,
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "limiter": args.limiter,
+        "mode": "batch" if args.batch else "sync",
+        "batch": batch,
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -344,7 +359,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.partition_rows < 1:
         raise ConfigurationError(f"--partition-rows must be at least 1, got {args.partition_rows}")
-    emb = _embedder(args)
+    from .embedder import Embedder
+
+    options = _options(args)
+    emb = Embedder(**options)
     if args.dry_run:
         est = job.dry_run(emb, args.input, column=args.column, partition_rows=args.partition_rows)
         eta = f"~{est.seconds:,.0f} s ({est.basis})" if est.seconds is not None else f"unknown ({est.basis})"
@@ -368,8 +386,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info(f"embedding {args.input}[{args.column}] with {emb.model} into {args.output}",
              extra={"fields": {"event": "start", "rows": rows, "model": emb.model}})
     try:
-        result = job.run(emb, args.input, args.output, column=args.column, name=args.name,
-                         partition_rows=args.partition_rows, on_progress=bar.update)
+        if args.engine == "ray":
+            from . import ray_engine
+
+            result = ray_engine.run(emb, options, args.input, args.output, column=args.column, name=args.name,
+                                    partition_rows=args.partition_rows, address=args.ray_address,
+                                    actors=args.actors, on_progress=bar.update)
+        else:
+            result = job.run(emb, args.input, args.output, column=args.column, name=args.name,
+                             partition_rows=args.partition_rows, on_progress=bar.update)
     except BatchPendingError as exc:  # --detach: submitted; a later run collects
         print(f"polars-embed: {exc}")
         print(f"  batches: {', '.join(exc.batch_ids) or 'none in flight'}; `polars-embed batch status` lists them")
@@ -423,7 +448,7 @@ def _print_summary(emb: Any, result: Any) -> None:
         print(f"  not cached     {s.uncached:,} texts: the cache could not be written (see the warning)")
     if s.cache_damaged:
         print(f"  damaged cache  {s.cache_damaged:,} entries: fetched again and overwritten")
-    where = getattr(emb.cache, "directory", None)
+    where = getattr(emb.cache, "directory", None) or getattr(emb.cache, "location", None)
     print(f"  cache          {where if where is not None else 'none (--no-cache)'}")
     print(f"  wrote          {result.output}")
 

@@ -23,23 +23,22 @@ from .assemble import assemble
 from .batch import BatchFetch, BatchSettings, batch_mode
 from .budget import Budget
 from .cache import open_cache
-from .errors import BatchPendingError, BudgetExceededError, ConfigurationError, ProviderError
+from .errors import (
+    BatchPendingError,
+    BudgetExceededError,
+    ConfigurationError,
+    ProviderError,
+    SharedStateError,
+)
 from .fetch import Fetch, Results, Stage, Stopped
-from .inflight import InFlight
+from .inflight import InFlight, claim_shared, release_shared, wait_shared
 from .ledger import open_ledger
+from .limiter import shared_limiter
 from .pack import Sizing
 from .plan import as_text, content_keys, key_prefix, make_plan
 from .pricing import price_for
 from .providers import make_provider
-from .run import (
-    Call,
-    CallProgress,
-    Failure,
-    Run,
-    failures_frame,
-    rows_failed,
-    run_status,
-)
+from .run import Call, CallProgress, Failure, Run, failures_frame, rows_failed, run_status
 from .runner import Runner
 from .stats import RunStats, StatsBook
 from .validate import check_settings
@@ -70,8 +69,8 @@ class Embedder:
     base_url, api_key
         Default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``.
     cache
-        ``None``/``True``: ``$POLARS_EMBED_CACHE`` or the user cache directory; a path; a
-        cache object (``get_many``/``set_many``/``stats``/``close``); ``False``: none.
+        ``None``/``True``: ``$POLARS_EMBED_CACHE`` or the user cache directory; a path;
+        ``"redis://host:port/db"`` (shared by many workers); a cache object; ``False``: none.
     on_long_input
         Inputs over the per-input token limit: ``"truncate"`` (default), ``"chunk"``
         (token-weighted mean of the pieces, re-normalised) or ``"error"``.
@@ -86,8 +85,8 @@ class Embedder:
     limits
         Per-request limits of the server (inputs, tokens, per-input tokens, encoding).
     max_workers, rpm, tpm, limiter
-        Concurrent requests (default 16; the number of cores for a local model), and
-        requests/tokens per minute to stay under (or a ``Limiter`` object to share).
+        Concurrent requests (default 16; the number of cores for a local model), requests/tokens
+        per minute to stay under, a ``Limiter`` to share, or ``"redis://..."``: one quota for every worker.
     timeout, max_attempts, max_retry_seconds
         Per-request timeout, and the retry bounds.
     cache_namespace
@@ -116,7 +115,7 @@ class Embedder:
         max_workers: int | None = None,
         rpm: float | None = None,
         tpm: float | None = None,
-        limiter: Limiter | None = None,
+        limiter: Limiter | str | None = None,
         timeout: float = 60.0,
         max_attempts: int = 8,
         max_retry_seconds: float = 300.0,
@@ -150,8 +149,8 @@ class Embedder:
         self.mode, self.batch = mode, batch_mode(self.provider, mode, batch, on_long_input)
         self.price = price_for(self.provider, price_per_million) / (2 if mode == "batch" and price_per_million is None else 1)
         self.runner = Runner(max_workers=max_workers, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
-                             rpm=rpm, tpm=tpm, limiter=limiter, sleep=sleep, redact=getattr(self.provider, "redact", None),
-                             endpoint=getattr(self.provider, "endpoint", None))
+                             rpm=rpm, tpm=tpm, limiter=shared_limiter(limiter, rpm, tpm, self.provider), sleep=sleep,
+                             redact=getattr(self.provider, "redact", None), endpoint=getattr(self.provider, "endpoint", None))
         self.stage = Stage(
             provider=self.provider, runner=self.runner, budget=Budget(max_cost), price=self.price,
             sizing=Sizing(self.provider.limits, max_workers, self.runner.limiter), policy=on_long_input,
@@ -348,7 +347,7 @@ class Embedder:
             self._fetch(c, ~c.from_cache, progress)
             if self.batch:
                 self.batch.claim(self.cache, c)
-        except (ProviderError, BudgetExceededError, BatchPendingError, Stopped, KeyboardInterrupt) as exc:
+        except (ProviderError, BudgetExceededError, BatchPendingError, SharedStateError, Stopped, KeyboardInterrupt) as exc:
             failure = exc  # the figures of what was paid are recorded first
         hits, failures = c.account(self.price, time.perf_counter() - started)
         self._stats.add(run.add(c.stats, c.keys, failures))
@@ -363,7 +362,8 @@ class Embedder:
         """Fetch the texts ``wanted``; those another call is fetching right now are waited
         for, not paid twice (and fetched here if that call failed on them)."""
         claim, mine, theirs = self._inflight.claim(c.keys, np.flatnonzero(wanted))
-        fetched = np.asarray(mine, dtype=np.int64)
+        ours, elsewhere = claim_shared(c.cache, c.keys, mine)  # other machines fetch `elsewhere`
+        fetched = np.asarray(ours, dtype=np.int64)
         if self._inflight.released != c.released and len(fetched):  # a fetch ended since the lookup
             found = c.lookup(fetched)
             c.from_cache[fetched[found]] = True
@@ -382,7 +382,8 @@ class Embedder:
             fetch.run()
         finally:
             self._inflight.release(claim, [c.keys[i] for i in mine])
-        again = []
+            release_shared(c.cache, [c.keys[i] for i in ours])
+        again = wait_shared(c.cache, c, elsewhere, c.run.stopping)
         for i, other in theirs:
             value = other.wait(c.keys[i])
             if value is None:  # not handed over: the cache may have it, else it is fetched here

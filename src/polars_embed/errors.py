@@ -80,3 +80,15 @@ class OutputError(PolarsEmbedError):
 
 class LedgerError(PolarsEmbedError):
     """The run ledger cannot be read (writing it is best effort and never raises)."""
+
+
+class SharedStateError(PolarsEmbedError):
+    """What the workers of a cluster share (a Redis cache, a Redis quota) failed mid-run."""
+
+
+class LimiterError(SharedStateError):
+    """The shared rate limiter (Redis) cannot be reached."""
+
+
+class SharedCacheError(CacheError, SharedStateError):
+    """The shared cache (Redis) failed mid-run (its claims included)."""

@@ -2,11 +2,14 @@
 
 The streaming engine embeds slices in parallel, and two slices often share texts. The
 first call to claim a text fetches it; the others wait for its vector instead of paying.
+Between processes and machines, a cache with claims (``redis_cache.RedisCache``) does the
+same (``claim_shared``, ``wait_shared``).
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -69,3 +72,38 @@ class InFlight:
                 self._pending.pop(key, None)
             self.released += 1
         claim.done.set()
+
+
+def claim_shared(cache: Any, keys: list[bytes], mine: list[int]) -> tuple[list[int], list[int]]:
+    """Of the texts this process is to fetch, those it now claims in a cache that workers on
+    other machines share, and those another worker is fetching (to wait for, not pay twice).
+    A cache without claims (``claim()``): every text is this process's."""
+    claim = getattr(cache, "claim", None)
+    if not callable(claim) or not mine:
+        return mine, []
+    won = claim([keys[i] for i in mine])
+    return [i for i, w in zip(mine, won) if w], [i for i, w in zip(mine, won) if not w]
+
+
+def release_shared(cache: Any, keys: list[bytes]) -> None:
+    release = getattr(cache, "release", None)
+    if callable(release) and keys:
+        release(keys)
+
+
+def wait_shared(cache: Any, c: Any, elsewhere: list[int], stop: threading.Event) -> list[int]:
+    """Wait for the texts ``elsewhere`` that other workers are fetching: each stored one is a
+    cache hit of call ``c``; returns those whose worker ended without them (died, failed),
+    claimed now by this process, which must fetch them."""
+    if not elsewhere:
+        return []
+    from .fetch import Stopped
+
+    values, reclaimed = cache.wait([c.keys[i] for i in elsewhere], stop)
+    for pos, (vector, tokens) in values.items():
+        i = elsewhere[pos]
+        c.res.vectors[i], c.res.tokens[i] = vector, tokens
+        c.from_cache[i] = True
+    if len(values) + len(reclaimed) < len(elsewhere):
+        raise Stopped("the run was stopped")
+    return [elsewhere[pos] for pos in reclaimed]

@@ -34,6 +34,8 @@ class Limiter(Protocol):
 
     def acquire(self, tokens: int) -> float: ...
 
+    def settle(self, reserved: int, billed: int) -> None: ...
+
     def observe(self, headers: Mapping[str, str]) -> None: ...
 
     def pause(self, seconds: float) -> None: ...
@@ -147,6 +149,13 @@ class RateLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
+    def settle(self, reserved: int, billed: int) -> None:
+        """A request is answered: the tokens it was billed replace the estimate it reserved."""
+        if self.tpm and reserved != billed:
+            with self._lock:
+                self._refill(self._clock())
+                self._tok = min(float(self.tpm), self._tok + reserved - billed)
+
     def acquire(self, tokens: int) -> float:
         """Block until one request of ``tokens`` may go; returns the seconds waited."""
         waited = 0.0
@@ -216,3 +225,20 @@ class AdaptiveConcurrency:
             elif self.limit < self.maximum:
                 self.limit += 1
             self._cond.notify_all()
+
+
+def shared_limiter(limiter: Limiter | str | None, rpm: float | None, tpm: float | None, provider: Any) -> Limiter | None:
+    """``limiter="redis://host:port/db"``: one quota in Redis for every worker that names it,
+    per endpoint and model (``redis_limiter.RedisLimiter``); a ``Limiter`` object as it is."""
+    if not isinstance(limiter, str):
+        return limiter
+    from .redis_link import is_redis_url
+
+    if not is_redis_url(limiter):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"limiter= must be a Limiter object or a redis:// URL, got {limiter!r}")
+    from .redis_limiter import RedisLimiter
+
+    scope = f"{getattr(provider, 'endpoint', None) or provider.name} {provider.model}"
+    return RedisLimiter(limiter, rpm, tpm, scope=scope)

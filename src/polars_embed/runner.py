@@ -201,6 +201,9 @@ class Runner:
             finally:
                 self.concurrency.release(throttled=throttled)
             self.limiter.observe(getattr(result, "headers", None) or {})
+            billed, settle = getattr(result, "billed_tokens", None), getattr(self.limiter, "settle", None)
+            if billed is not None and settle is not None:  # a Limiter of before settle() has none
+                settle(tokens, billed)
             return result
 
         try:

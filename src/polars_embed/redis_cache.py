@@ -1,0 +1,250 @@
+"""A cache in Redis that many workers share (``cache="redis://host:port/db"``).
+
+The same content keys as the disk cache (scoped by provider, model and dimensions), under
+``<prefix>:v:``; values in the same layout (``cache.encode_value``: a header, the token
+count, a CRC32, float32 bytes), never pickles. An entry that does not decode is a miss,
+fetched again and overwritten. Reads are ``MGET`` of up to ``CHUNK`` keys; writes one
+pipeline a request.
+
+**Claims**: a text one worker is fetching is claimed (``SET <prefix>:c:<key> <worker> NX PX``),
+so another worker that misses it waits for the value instead of paying twice. A claim
+expires after ``claim_seconds`` unless its worker renews it (a thread does, every third of
+that), so a dead worker's texts are fetched by someone else soon after.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .cache import decode_value, encode_values
+from .errors import SharedCacheError
+from .redis_link import connect, redis_errors, unreachable, where
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    import numpy as np
+
+#: Keys a round trip (MGET, a pipeline of SETs, a claim script).
+CHUNK = 1000
+
+# Claim each key unless another worker holds it (ours again: renewed). Returns 1/0 per key.
+_CLAIM = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then out[i] = 1
+  elseif redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]); out[i] = 1
+  else out[i] = 0 end
+end
+return out
+"""
+# Drop (ARGV[2] == "") or renew (ARGV[2] = ms) the claims that are still this worker's.
+_RELEASE = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    if ARGV[2] == '' then redis.call('DEL', key) else redis.call('PEXPIRE', key, ARGV[2]) end
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+class RedisCache:
+    """The ``Cache`` protocol over one Redis, plus claims (``claim``/``release``/``wait``).
+
+    Picklable as its settings (a Ray actor or a process opens its own connection).
+    ``ttl_seconds`` expires entries (default: never; Redis's ``maxmemory-policy`` may evict).
+    """
+
+    def __init__(self, url: str, *, prefix: str = "polars-embed", claim_seconds: float = 30.0,
+                 ttl_seconds: float | None = None) -> None:
+        self.url, self.prefix = url, prefix
+        self.claim_seconds, self.ttl_seconds = claim_seconds, ttl_seconds
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # whose claims these are
+        self.damaged = 0
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._held: set[bytes] = set()  # claim keys this worker holds (renewed by _renewer)
+        self._renewer: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._scripts: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisCache({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """The URL without its password."""
+        return where(self.url)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "prefix": self.prefix, "claim_seconds": self.claim_seconds,
+                "ttl_seconds": self.ttl_seconds}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.url)
+        return self._client
+
+    def _script(self, name: str) -> Any:
+        """A Lua script by name (EVALSHA, loaded again after a restart)."""
+        if name not in self._scripts:
+            self._scripts[name] = self.client.register_script(_CLAIM if name == "claim" else _RELEASE)
+        return self._scripts[name]
+
+    def _value_key(self, key: bytes) -> bytes:
+        return self.prefix.encode() + b":v:" + key
+
+    def _claim_key(self, key: bytes) -> bytes:
+        return self.prefix.encode() + b":c:" + key
+
+    def _call(self, doing: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, with a Redis failure said in one sentence (``CacheError``)."""
+        try:
+            return fn(*args)
+        except redis_errors() as exc:
+            raise SharedCacheError(unreachable(self.url, exc, doing)) from None
+
+    # -- the Cache protocol ------------------------------------------------------------------
+    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
+        out: list[tuple[np.ndarray, int] | None] = []
+        damaged = 0
+        for start in range(0, len(keys), CHUNK):
+            chunk = [self._value_key(k) for k in keys[start : start + CHUNK]]
+            for raw in self._call("reading the cache", self.client.mget, chunk):
+                value = decode_value(raw) if raw is not None else None
+                damaged += raw is not None and value is None
+                out.append(value)
+        if damaged:
+            with self._lock:
+                self.damaged += damaged
+        return out
+
+    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
+        """Store entries, one pipeline (no transaction) per ``CHUNK``; ``tag`` is not stored."""
+        if not items:
+            return
+        sizes = {len(v) for _, v, _ in items}
+        if len(sizes) == 1:
+            values = encode_values([v for _, v, _ in items], [t for _, _, t in items])
+        else:
+            values = [encode_values([v], [t])[0] for _, v, t in items]
+        px = int(self.ttl_seconds * 1000) if self.ttl_seconds else None
+
+        def write() -> None:
+            for start in range(0, len(items), CHUNK):
+                pipe = self.client.pipeline(transaction=False)
+                for (key, _, _), value in zip(items[start : start + CHUNK], values[start : start + CHUNK]):
+                    pipe.set(self._value_key(key), value, px=px)
+                pipe.execute()
+
+        self._call("writing the cache", write)
+
+    def stats(self) -> dict[str, Any]:
+        info = self._call("reading its statistics", self.client.info, "memory")
+        entries = self._call("reading its statistics", self.client.dbsize)
+        return {"backend": "redis", "path": self.location, "entries": entries,
+                "bytes": info.get("used_memory"), "damaged": self.damaged, "unwritable": None}
+
+    def ledger_path(self) -> Path | None:
+        """No directory of its own: the ledger stays on the machine of the run (the default one)."""
+        return None
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._held:
+            self.release(list(self._held), raw=True)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- claims ------------------------------------------------------------------------------
+    def claim(self, keys: Sequence[bytes]) -> list[bool]:
+        """Claim ``keys`` for this worker; False for a key another worker holds."""
+        won: list[bool] = []
+        ms = str(int(self.claim_seconds * 1000))
+        for start in range(0, len(keys), CHUNK):
+            claim_keys = [self._claim_key(k) for k in keys[start : start + CHUNK]]
+            got = self._call("claiming texts", self._script("claim"), claim_keys, [self.worker, ms])
+            won += [bool(g) for g in got]
+            with self._lock:
+                self._held.update(k for k, g in zip(claim_keys, got) if g)
+        if any(won):
+            self._start_renewer()
+        return won
+
+    def release(self, keys: Sequence[bytes], *, raw: bool = False) -> None:
+        """Drop this worker's claims on ``keys`` (best effort: a claim left behind expires)."""
+        claim_keys = list(keys) if raw else [self._claim_key(k) for k in keys]
+        with self._lock:
+            self._held.difference_update(claim_keys)
+        try:
+            for start in range(0, len(claim_keys), CHUNK):
+                chunk = claim_keys[start : start + CHUNK]
+                self._script("release")(chunk, [self.worker, ""])
+        except redis_errors():
+            pass
+
+    def wait(self, keys: Sequence[bytes], stop: threading.Event | None = None
+             ) -> tuple[dict[int, tuple[np.ndarray, int]], list[int]]:
+        """Wait for texts other workers hold claims on: returns ``{position: value}`` of
+        those stored, and the positions whose claim ended without a value (the worker died
+        or failed), now claimed by this worker, which must fetch them."""
+        found: dict[int, tuple[np.ndarray, int]] = {}
+        mine: list[int] = []
+        pending = list(range(len(keys)))
+        delay = 0.02
+        while pending:
+            values = self.get_many([keys[i] for i in pending])
+            missing = [i for i, v in zip(pending, values) if v is None]
+            found.update((i, v) for i, v in zip(pending, values) if v is not None)
+            won = self.claim([keys[i] for i in missing]) if missing else []
+            mine += [i for i, w in zip(missing, won) if w]
+            pending = [i for i, w in zip(missing, won) if not w]
+            if pending:
+                if stop is not None and stop.wait(delay):
+                    break
+                if stop is None:
+                    time.sleep(delay)
+                delay = min(0.25, delay * 1.5)
+        return found, mine
+
+    def _start_renewer(self) -> None:
+        with self._lock:
+            if self._renewer is not None:
+                return
+            self._renewer = threading.Thread(target=self._renew, name="polars-embed-claims", daemon=True)
+            self._renewer.start()
+
+    def _renew(self) -> None:
+        """Renew this worker's claims every third of ``claim_seconds`` while it holds any."""
+        ms = str(int(self.claim_seconds * 1000))
+        while not self._closed.wait(self.claim_seconds / 3):
+            with self._lock:
+                held = list(self._held)
+                if not held:
+                    self._renewer = None  # the next claim starts another
+                    return
+            try:
+                for start in range(0, len(held), CHUNK):
+                    chunk = held[start : start + CHUNK]
+                    self._script("release")(chunk, [self.worker, ms])
+            except redis_errors():
+                continue  # Redis is away: the claims may lapse, and another worker may fetch too

@@ -1,0 +1,60 @@
+"""One connection to the Redis that a cluster's workers share (``redis://host:port/db``).
+
+A Redis that restarts, or a network that blinks, is ridden through: each command is
+retried with backoff for about ``RETRY_SECONDS``; after that the caller gets one sentence
+naming the Redis (its password left out) and what was being done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+#: How long a command is retried while Redis cannot be reached (a restart takes about a second).
+RETRY_SECONDS = 10.0
+
+
+def is_redis_url(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(("redis://", "rediss://", "unix://"))
+
+
+def where(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str) -> Any:
+    """A redis-py client for ``url`` that retries through a restart (``RETRY_SECONDS``)."""
+    try:
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+    except ImportError as exc:
+        msg = f"{where(url)} needs redis-py: pip install 'polars-embed[redis]'"
+        raise ConfigurationError(msg) from exc
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(RETRY_SECONDS) + 4)
+    try:
+        return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2, retry=retry,
+                                    retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                                    health_check_interval=30)
+    except ValueError as exc:
+        msg = f"{where(url)} is not a Redis URL redis-py understands ({exc}); use redis://host:port/db"
+        raise ConfigurationError(msg) from exc
+
+
+def unreachable(url: str, exc: BaseException, doing: str) -> str:
+    """One sentence: which Redis, what was being done, what it said."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"the Redis at {where(url)} failed while {doing} ({reason}); rerun once it answers again"
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.RedisError,)
