@@ -200,9 +200,11 @@ class RedisLimiter:
 
     def wait_for_quota(self) -> None:
         """Block while another worker's probe is finding the quota out."""
-        while not self.knows_quota and self._redis("waiting for the probe", self.client.exists, self.key + ":probe"):
-            time.sleep(0.02)
+        while not self.knows_quota:
             self._run("read", doing="reading the quota")
+            if self.knows_quota or not self._redis("waiting for the probe", self.client.exists, self.key + ":probe"):
+                return
+            time.sleep(0.02)
 
     def _redis(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -1,0 +1,282 @@
+"""Scale-out: a Redis cache and a Redis quota shared by workers, against a real redis-server
+(started here on a free port), and Ray Data as the engine (a local Ray with 2 CPUs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import polars as pl
+import pytest
+
+from polars_embed import Embedder, RedisCache, RedisLimiter, SharedStateError
+from polars_embed.cache import encode_value
+from polars_embed.testing import EmbeddingServer, server_vector
+from polars_embed.testing.redis import RedisServer
+
+from conftest import API_KEY
+
+MODEL = "text-embedding-3-small"
+
+
+@pytest.fixture
+def redis():
+    with RedisServer() as r:
+        yield r
+
+
+def embedder(server, redis_url, **kw) -> Embedder:
+    kw.setdefault("cache", redis_url)
+    return Embedder(MODEL, base_url=server.url, api_key=API_KEY, dimensions=32, timeout=5.0, ledger=False, **kw)
+
+
+def correct(out: pl.DataFrame, texts: list[str]) -> bool:
+    return all(np.array_equal(out["embedding"][i].to_numpy(), server_vector(MODEL, 32, t)) for i, t in enumerate(texts))
+
+
+# -- the Redis cache -------------------------------------------------------------------------
+
+
+def test_redis_cache_round_trip_in_chunks(redis):
+    cache = RedisCache(redis.url)
+    items = [(f"key{i}".encode(), np.full(8, i, np.float32), i) for i in range(2500)]  # 3 MGETs, 3 pipelines
+    cache.set_many(items)
+    got = cache.get_many([k for k, _, _ in items] + [b"absent"])
+    assert got[-1] is None
+    assert all(np.array_equal(v, items[i][1]) and t == i for i, (v, t) in enumerate(got[:-1]))
+    assert cache.stats()["entries"] >= 2500
+
+
+def test_damaged_redis_entry_is_a_miss_fetched_again(server, redis):
+    texts = ["alpha", "beta", "gamma"]
+    first = embedder(server, redis.url)
+    first.embed(pl.Series("text", texts))
+    key = first.plan(pl.Series("text", texts), first.start_run(), "text", None).keys[1]
+    first.close()
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis.url)
+    raw = bytearray(client.get(b"polars-embed:v:" + key))
+    raw[-1] ^= 0xFF  # one flipped bit of a float: the checksum fails
+    client.set(b"polars-embed:v:" + key, bytes(raw))
+    client.set(b"polars-embed:v:" + key[:-1] + b"x", b"\x80\x04\x95pickle")  # garbage under another key
+
+    again = embedder(server, redis.url)
+    out = again.embed(pl.Series("text", texts))
+    assert out["embedding_cache_hit"].to_list() == [True, False, True]
+    assert again.last_stats.cache_damaged == 1 and again.cache.damaged == 1
+    assert correct(out, texts)
+    assert again.cache.get_many([key])[0] is not None  # overwritten with a good value
+    again.close()
+
+
+def test_claims_are_per_worker_and_lapse(redis):
+    a, b = RedisCache(redis.url, claim_seconds=0.6), RedisCache(redis.url, claim_seconds=0.6)
+    assert a.claim([b"x", b"y"]) == [True, True]
+    assert b.claim([b"x", b"z"]) == [False, True]
+    assert a.claim([b"x"]) == [True]  # ours already: renewed
+    a.set_many([(b"x", np.ones(4, np.float32), 2)])
+    found, mine = b.wait([b"x"])
+    assert list(found) == [0] and mine == []
+    a._closed.set()  # a dies: its claims are not renewed and lapse
+    started = time.monotonic()
+    found, mine = b.wait([b"y"])
+    assert found == {} and mine == [0]
+    assert 0.3 < time.monotonic() - started < 3
+    b.release([b"y", b"z"])
+    assert a.claim([b"z"]) == [True]
+
+
+def test_a_long_fetch_keeps_its_claims(redis):
+    a, b = RedisCache(redis.url, claim_seconds=0.3), RedisCache(redis.url, claim_seconds=0.3)
+    a.claim([b"k"])
+    time.sleep(1.0)  # three times the claim's life: renewed meanwhile
+    assert b.claim([b"k"]) == [False]
+    a.close()  # releases
+    assert b.claim([b"k"]) == [True]
+
+
+def test_workers_sharing_a_redis_cache_pay_each_text_once(redis):
+    """Four embedders (as four machines: each its own claims and in-flight table) embed
+    overlapping slices at once: every distinct text is billed once, every row is right."""
+    texts = [f"shared text {i % 300}" for i in range(1200)]
+    slices = [texts[i::4] for i in range(4)]
+    with EmbeddingServer(latency=0.05) as srv:
+        workers = [embedder(srv, redis.url, max_workers=4, limits=_small_requests()) for _ in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda w_s: w_s[0].embed(pl.Series("text", w_s[1])), zip(workers, slices)))
+        assert sorted(srv.texts_seen()) == sorted(set(texts))  # each distinct text sent once
+        for out, part in zip(outs, slices):
+            assert correct(out, part)
+        assert sum(float(o["embedding_cost_usd"].sum()) for o in outs) == pytest.approx(
+            srv.billed_tokens * 0.02 / 1e6)
+        for w in workers:
+            w.close()
+
+
+def _small_requests():
+    from polars_embed import Limits
+
+    return Limits(max_inputs=20)
+
+
+# -- the Redis quota ---------------------------------------------------------------------------
+
+
+def test_redis_quota_is_one_bucket_for_every_worker(redis):
+    a = RedisLimiter(redis.url, rpm=120, scope="q")
+    b = RedisLimiter(redis.url, rpm=120, scope="q")
+    other = RedisLimiter(redis.url, rpm=120, scope="another model")
+    for i in range(120):
+        assert (a if i % 2 else b).acquire(1) == 0.0  # a full bucket of 120, taken by both
+    assert other.acquire(1) == 0.0  # another scope, another quota
+    started = time.monotonic()
+    a.acquire(1)  # the 121st waits for the refill (0.5 s at 120/min)
+    assert 0.3 < time.monotonic() - started < 2
+
+
+def test_settle_replaces_the_estimate_with_the_bill(redis):
+    a, b = RedisLimiter(redis.url, tpm=6000, scope="q"), RedisLimiter(redis.url, tpm=6000, scope="q")
+    a.acquire(6000)  # the whole bucket
+    a.settle(6000, 600)  # billed a tenth of it: the rest is back, for every worker
+    started = time.monotonic()
+    b.acquire(5000)
+    assert time.monotonic() - started < 0.5
+
+
+def test_headers_and_pauses_reach_every_worker(redis):
+    a, b = RedisLimiter(redis.url, scope="q"), RedisLimiter(redis.url, scope="q")
+    assert a.claim_probe() and not b.claim_probe()  # one probe for the cluster
+    a.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
+               "x-ratelimit-limit-tokens": "100000", "x-ratelimit-remaining-tokens": "50000"})
+    a.end_probe()
+    b.wait_for_quota()
+    assert b.knows_quota and (b.rpm, b.tpm) == (600.0, 100000.0)  # learned from a's response
+    started = time.monotonic()
+    b.acquire(10)  # nothing remains: waits for one request's refill (0.1 s at 600/min)
+    assert time.monotonic() - started > 0.05
+    a.pause(0.5)  # a 429's retry-after holds b too
+    started = time.monotonic()
+    b.acquire(10)
+    assert time.monotonic() - started > 0.4
+
+
+def test_processes_sharing_a_redis_quota_stay_under_it(tmp_path, redis):
+    """Three `polars-embed run` processes on three files, one --limiter: the server's quota
+    (requests/min on a clock sped up 20 times) is met together, with few 429s."""
+    with EmbeddingServer(rpm=600, time_scale=20, start_empty=True, latency=0.02) as srv:
+        env = {**os.environ, "OPENAI_API_KEY": API_KEY}
+        procs = []
+        for k in range(3):
+            src = tmp_path / f"in{k}.parquet"
+            pl.DataFrame({"text": [f"file {k} text {i}" for i in range(300)]}).write_parquet(src)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "polars_embed.cli", "run", str(src), str(tmp_path / f"out{k}.parquet"),
+                 "--model", MODEL, "--dimensions", "32", "--base-url", srv.url, "--cache", str(tmp_path / f"c{k}"),
+                 "--limiter", redis.url, "--partition-rows", "100", "--quiet"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        assert srv.count(429) <= max(2, srv.requests * 0.1)
+        assert len(srv.texts_seen()) == 900
+        for k in range(3):
+            assert pl.read_parquet(tmp_path / f"out{k}.parquet")["embedding"].null_count() == 0
+
+
+# -- Redis going away ----------------------------------------------------------------------------
+
+
+def test_redis_restarted_mid_run_completes_with_right_vectors(redis):
+    texts = [f"restart text {i}" for i in range(400)]
+    with EmbeddingServer(latency=0.1) as srv:
+        emb = embedder(srv, redis.url, limiter=redis.url, rpm=100_000, max_workers=4, limits=_small_requests())
+        restarter = threading.Timer(0.3, redis.restart, kwargs={"down_seconds": 0.5})
+        restarter.start()
+        out = emb.embed(pl.Series("text", texts))
+        restarter.join()
+        assert correct(out, texts)
+        again = embedder(srv, redis.url)  # what was written after the restart is right too
+        assert correct(again.embed(pl.Series("text", texts)), texts)
+        emb.close()
+        again.close()
+
+
+def test_redis_gone_for_good_stops_with_one_sentence(redis, monkeypatch):
+    from polars_embed import redis_link
+
+    monkeypatch.setattr(redis_link, "RETRY_SECONDS", 1.0)
+    texts = [f"gone text {i}" for i in range(400)]
+    with EmbeddingServer(latency=0.1) as srv:
+        emb = embedder(srv, redis.url, limiter=redis.url, rpm=100_000, max_workers=4, limits=_small_requests())
+        threading.Timer(0.3, redis.stop).start()
+        with pytest.raises(SharedStateError) as info:
+            emb.embed(pl.Series("text", texts))
+        message = str(info.value)
+        assert message.startswith(f"the Redis at {redis.url} failed while") and "\n" not in message
+        assert 0 < emb.last_stats.requests  # what was paid before is counted
+        emb.close()
+
+
+# -- Ray Data ----------------------------------------------------------------------------------
+
+
+def test_actor_resources_leave_a_cpu_for_reads():
+    from polars_embed.ray_engine import actor_resources
+
+    assert actor_resources(True, 2.0) == (4, 0.25)  # 4 network actors share one CPU
+    assert actor_resources(False, 2.0) == (2, 0.5)  # a local model: one actor per CPU, half each
+    assert actor_resources(True, 64.0, 100) == (100, 0.63)
+    n, share = actor_resources(False, 1.0)
+    assert n == 1 and share == 0.5
+
+
+def test_engine_ray_writes_what_the_local_engine_writes(tmp_path, redis):
+    texts = [f"ray text {i % 700}" for i in range(1000)] + [""]
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"id": range(1001), "text": texts}).write_parquet(src)
+    with EmbeddingServer() as srv:
+        env = {**os.environ, "OPENAI_API_KEY": API_KEY, "POLARS_EMBED_CACHE": str(tmp_path / "home")}
+        common = ["--model", MODEL, "--dimensions", "32", "--base-url", srv.url, "--partition-rows", "250"]
+        ray_run = subprocess.run([sys.executable, "-m", "polars_embed.cli", "run", str(src), str(tmp_path / "ray.parquet"),
+                                  "--engine", "ray", "--cache", redis.url, "--limiter", redis.url, *common],
+                                 env=env, capture_output=True, text=True, timeout=300)
+        assert ray_run.returncode == 0, ray_run.stderr
+        assert len(srv.texts_seen()) == 700  # each distinct text once, across the actors
+        billed = srv.billed_tokens
+        local_run = subprocess.run([sys.executable, "-m", "polars_embed.cli", "run", str(src),
+                                    str(tmp_path / "local.parquet"), "--cache", str(tmp_path / "c"), *common],
+                                   env=env, capture_output=True, text=True, timeout=120)
+        assert local_run.returncode == 0, local_run.stderr
+    by_ray, by_local = pl.read_parquet(tmp_path / "ray.parquet"), pl.read_parquet(tmp_path / "local.parquet")
+    assert by_ray.schema == by_local.schema and by_ray.height == 1001
+    # rows in input order; which row of a repeated text paid depends on which actor came first
+    paid_by = ["embedding_cache_hit", "embedding_cost_usd", "embedding_tokens"]
+    assert by_ray.drop(paid_by).equals(by_local.drop(paid_by))
+    paid = by_ray.filter(~pl.col("embedding_cache_hit") & (pl.col("text") != ""))
+    assert paid["text"].n_unique() == paid.height == 700  # one row of each text paid
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(tmp_path / "ray.parquet").metadata[b"polars_embed.model"] == MODEL.encode()
+    assert "embedded 1,001 rows (700 distinct texts)" in ray_run.stdout
+    assert "0 in the cache before this run, 300 repeats within it" in ray_run.stdout
+    from polars_embed import ledger
+
+    records = ledger(tmp_path / "home" / "ledger.sqlite")
+    assert records.height == 1 and records["source"][0].startswith("polars-embed run --engine ray")
+    assert records["tokens_billed"][0] == billed
+    assert by_ray["embedding_cost_usd"].sum() == pytest.approx(billed * 0.02 / 1e6)  # the cost column is the bill
+
+
+def test_cli_refuses_ray_options_without_the_ray_engine(tmp_path):
+    from polars_embed.cli import main
+
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"text": ["a"]}).write_parquet(src)
+    assert main(["run", str(src), str(tmp_path / "o.parquet"), "--actors", "2"]) != 0
+    assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--batch"]) != 0
