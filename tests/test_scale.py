@@ -19,8 +19,7 @@ from polars_embed.cache import encode_value
 from polars_embed.testing import EmbeddingServer, server_vector
 from polars_embed.testing.redis import RedisServer
 
-from conftest import API_KEY
-
+API_KEY = "sk-test-0123456789"
 MODEL = "text-embedding-3-small"
 
 
