@@ -68,21 +68,22 @@ def test_damaged_redis_entry_is_a_miss_fetched_again(server, redis):
     again = embedder(server, redis.url)
     out = again.embed(pl.Series("text", texts))
     assert out["embedding_cache_hit"].to_list() == [True, False, True]
-    assert again.last_stats.cache_damaged == 1 and again.cache.damaged == 1
+    assert again.last_stats.cache_damaged == 1  # the run counts it once (the cache counts each read of it)
+    assert again.cache.damaged >= 1
     assert correct(out, texts)
     assert again.cache.get_many([key])[0] is not None  # overwritten with a good value
     again.close()
 
 
-def test_claims_are_per_worker_and_lapse(redis):
-    a, b = RedisCache(redis.url, claim_seconds=0.6), RedisCache(redis.url, claim_seconds=0.6)
+def test_claims_are_per_worker_and_lapse_with_their_worker(redis):
+    a, b = RedisCache(redis.url, alive_seconds=0.6), RedisCache(redis.url, alive_seconds=0.6)
     assert a.claim([b"x", b"y"]) == [True, True]
     assert b.claim([b"x", b"z"]) == [False, True]
     assert a.claim([b"x"]) == [True]  # ours already: renewed
     a.set_many([(b"x", np.ones(4, np.float32), 2)])
     found, mine = b.wait([b"x"])
     assert list(found) == [0] and mine == []
-    a._closed.set()  # a dies: its claims are not renewed and lapse
+    a._closed.set()  # a dies: its heartbeat stops, and its claims are taken over
     started = time.monotonic()
     found, mine = b.wait([b"y"])
     assert found == {} and mine == [0]
@@ -92,9 +93,9 @@ def test_claims_are_per_worker_and_lapse(redis):
 
 
 def test_a_long_fetch_keeps_its_claims(redis):
-    a, b = RedisCache(redis.url, claim_seconds=0.3), RedisCache(redis.url, claim_seconds=0.3)
+    a, b = RedisCache(redis.url, alive_seconds=0.3, claim_seconds=0.6), RedisCache(redis.url, alive_seconds=0.3)
     a.claim([b"k"])
-    time.sleep(1.0)  # three times the claim's life: renewed meanwhile
+    time.sleep(1.5)  # five heartbeats' life, more than twice the claim's backstop: both renewed
     assert b.claim([b"k"]) == [False]
     a.close()  # releases
     assert b.claim([b"k"]) == [True]
@@ -228,7 +229,9 @@ def test_redis_gone_for_good_stops_with_one_sentence(redis, monkeypatch):
 def test_actor_resources_leave_a_cpu_for_reads():
     from polars_embed.ray_engine import actor_resources
 
-    assert actor_resources(True, 2.0) == (4, 0.25)  # 4 network actors share one CPU
+    assert actor_resources(True, 2.0) == (2, 0.5)  # network actors: one per CPU up to 4, together one CPU
+    assert actor_resources(True, 16.0) == (4, 1.0)
+    assert actor_resources(True, 2.0, 4) == (4, 0.25)
     assert actor_resources(False, 2.0) == (2, 0.5)  # a local model: one actor per CPU, half each
     assert actor_resources(True, 64.0, 100) == (100, 0.63)
     n, share = actor_resources(False, 1.0)
@@ -240,7 +243,8 @@ def test_engine_ray_writes_what_the_local_engine_writes(tmp_path, redis):
     src = tmp_path / "in.parquet"
     pl.DataFrame({"id": range(1001), "text": texts}).write_parquet(src)
     with EmbeddingServer() as srv:
-        env = {**os.environ, "OPENAI_API_KEY": API_KEY, "POLARS_EMBED_CACHE": str(tmp_path / "home")}
+        env = {**os.environ, "OPENAI_API_KEY": API_KEY, "POLARS_EMBED_CACHE": str(tmp_path / "home"),
+               "HOME": str(tmp_path)}  # Ray keeps its token in ~/.ray
         common = ["--model", MODEL, "--dimensions", "32", "--base-url", srv.url, "--partition-rows", "250"]
         ray_run = subprocess.run([sys.executable, "-m", "polars_embed.cli", "run", str(src), str(tmp_path / "ray.parquet"),
                                   "--engine", "ray", "--cache", redis.url, "--limiter", redis.url, *common],

@@ -30,6 +30,7 @@ from .expr import embed_column
 from .io import read_metadata, write_parquet
 from .ledger import Ledger, ledger
 from .providers import Limits
+from .ray_engine import EmbedBatch, embed_dataset
 from .redis_cache import RedisCache
 from .redis_limiter import RedisLimiter
 from .run import Run
@@ -43,6 +44,7 @@ __all__ = [
     "ColumnTypeError",
     "ConfigurationError",
     "DiskCache",
+    "EmbedBatch",
     "Embedder",
     "Estimate",
     "InputError",
@@ -64,6 +66,7 @@ __all__ = [
     "SharedStateError",
     "__version__",
     "embed_column",
+    "embed_dataset",
     "estimate",
     "ledger",
     "read_metadata",

@@ -362,10 +362,12 @@ class Embedder:
         """Fetch the texts ``wanted``; those another call is fetching right now are waited
         for, not paid twice (and fetched here if that call failed on them)."""
         claim, mine, theirs = self._inflight.claim(c.keys, np.flatnonzero(wanted))
-        ours, elsewhere = claim_shared(c.cache, c.keys, mine)  # other machines fetch `elsewhere`
+        ours, elsewhere, shared = claim_shared(c.cache, c.keys, mine)  # other machines fetch `elsewhere`
         fetched = np.asarray(ours, dtype=np.int64)
-        if self._inflight.released != c.released and len(fetched):  # a fetch ended since the lookup
-            found = c.lookup(fetched)
+        # A fetch that ended since the lookup (here, or on another machine: it stores before it
+        # releases its claims) may have stored what we just claimed: look those up again.
+        if (shared or self._inflight.released != c.released) and len(fetched):
+            found = c.lookup(fetched, again=True)
             c.from_cache[fetched[found]] = True
             fetched = fetched[~found]
 
@@ -392,7 +394,7 @@ class Embedder:
                 c.res.vectors[i], c.res.tokens[i] = value
                 c.from_cache[i] = True
         if again:
-            found = c.lookup(np.asarray(again))
+            found = c.lookup(np.asarray(again), again=True)
             c.from_cache[again] = found
             if not found.all():
                 missing = np.zeros(len(c.keys), dtype=bool)

@@ -74,15 +74,16 @@ class InFlight:
         claim.done.set()
 
 
-def claim_shared(cache: Any, keys: list[bytes], mine: list[int]) -> tuple[list[int], list[int]]:
+def claim_shared(cache: Any, keys: list[bytes], mine: list[int]) -> tuple[list[int], list[int], bool]:
     """Of the texts this process is to fetch, those it now claims in a cache that workers on
-    other machines share, and those another worker is fetching (to wait for, not pay twice).
-    A cache without claims (``claim()``): every text is this process's."""
+    other machines share, those another worker is fetching (to wait for, not pay twice), and
+    whether any was claimed there. A cache without claims (``claim()``): every text is this
+    process's."""
     claim = getattr(cache, "claim", None)
     if not callable(claim) or not mine:
-        return mine, []
+        return mine, [], False
     won = claim([keys[i] for i in mine])
-    return [i for i, w in zip(mine, won) if w], [i for i, w in zip(mine, won) if not w]
+    return [i for i, w in zip(mine, won) if w], [i for i, w in zip(mine, won) if not w], True
 
 
 def release_shared(cache: Any, keys: list[bytes]) -> None:

@@ -1,5 +1,5 @@
-"""Ray Data as the engine: a callable class for ``Dataset.map_batches``, and the
-``polars-embed run --engine ray`` job.
+"""Ray as the engine: ``EmbedBatch``, a callable class for Ray Data's ``map_batches``
+(``embed_dataset``), and the ``polars-embed run --engine ray`` job (``run``).
 
 Each actor builds its ``Embedder`` (client, cache, limiter, pool) once and embeds the batches
 it is given, Arrow in and Arrow out, with the same options as ``embed_column``. What the
@@ -7,7 +7,7 @@ actors must share to be one job -- the cache, the quota, the texts being fetched
 is a Redis (``cache="redis://..."``, ``limiter="redis://..."``); see ``docs/scale.md``.
 
 Actors ask for a fraction of a CPU (``actor_resources``): actors that take every CPU
-leave none to the read tasks, and the pipeline hangs.
+leave none to Ray Data's read tasks, and the pipeline hangs.
 
     import ray
     from polars_embed import embed_dataset
@@ -16,6 +16,10 @@ leave none to the read tasks, and the pipeline hangs.
     out = embed_dataset(ds, "text", model="text-embedding-3-small",
                         cache="redis://redis:6379/0", limiter="redis://redis:6379/0")
     out.write_parquet("s3://bucket/embedded/")
+
+``run`` reads its input file here, in partitions, as the local engine does, and hands them
+to a pool of the same actors (``Actors``): the nodes of a cluster need no access to the file,
+and the output is written here, in input order.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,12 +36,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from . import job
 from .embedder import Embedder
 from .errors import ConfigurationError, PolarsEmbedError
 from .stats import RunStats
 
+log = logging.getLogger("polars_embed")
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     import pyarrow as pa
 
@@ -68,21 +76,31 @@ class EmbedBatch:
         self.embedder = Embedder(**embedder)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        frame = pl.from_arrow(batch)
-        assert isinstance(frame, pl.DataFrame)
-        if self.column not in frame.columns:
-            msg = f"column {self.column!r} is not in the dataset (columns: {', '.join(frame.columns)})"
-            raise ConfigurationError(msg)
-        out = self.embedder.embed(frame[self.column], name=self.name, column=self.column)
-        table = batch
-        for col in out.iter_columns():
-            table = table.append_column(col.name, col.to_arrow())
-        if self.report:
-            import pyarrow as pa
+        """``batch`` with the output columns appended (and, with ``report``, the figures)."""
+        table, outputs = batch, self.outputs(batch)
+        for col_name, col in zip(outputs.column_names, outputs.columns):
+            table = table.append_column(col_name, col)
+        return table
 
-            figures = [json.dumps(asdict(self.embedder.last_stats))] + [None] * (table.num_rows - 1)
+    def outputs(self, batch: pa.Table) -> pa.Table:
+        """The output columns of ``batch`` alone; with ``report``, ``STATS_COLUMN`` too."""
+        import pyarrow as pa
+
+        if self.column not in batch.column_names:
+            msg = f"column {self.column!r} is not in the dataset (columns: {', '.join(batch.column_names)})"
+            raise ConfigurationError(msg)
+        text = pl.from_arrow(batch.select([self.column]))
+        assert isinstance(text, pl.DataFrame)
+        emb = self.embedder
+        with emb.ending(emb.start_run()) as run:  # a run of its own: an actor embeds several batches at once
+            table = emb.embed(text[self.column], name=self.name, column=self.column, run=run).to_arrow()
+        if self.report:
+            figures = [json.dumps(asdict(run.stats))] + [None] * (table.num_rows - 1)
             table = table.append_column(STATS_COLUMN, pa.array(figures, pa.string()))
         return table
+
+    def ready(self) -> bool:
+        return True
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -92,9 +110,10 @@ class EmbedBatch:
 def actor_resources(waits_on_network: bool, cluster_cpus: float, actors: int | None = None) -> tuple[int, float]:
     """How many actors, and the CPUs each asks for: together at most all CPUs but one, so
     read tasks (which ask for a whole CPU) always find one. A model that waits on the
-    network gets ``NETWORK_ACTORS``; a local model one actor per CPU."""
+    network gets ``NETWORK_ACTORS`` (fewer on fewer CPUs: an actor's threads wait on the
+    network, its CPU work is tokens and hashes); a local model one actor per CPU."""
     cpus = max(1.0, cluster_cpus)
-    n = actors or (NETWORK_ACTORS if waits_on_network else int(cpus))
+    n = actors or (min(NETWORK_ACTORS, int(cpus)) if waits_on_network else int(cpus))
     if n < 1:
         raise ConfigurationError(f"--actors must be at least 1, got {n}")
     share = min(1.0, max(cpus - 1.0, 0.5) / n)
@@ -106,34 +125,61 @@ def embed_dataset(ds: Any, column: str = "text", *, name: str = "embedding", act
     """``ds`` with the output columns of ``embed_column`` added: ``map_batches(EmbedBatch)`` on
     an actor pool sized by ``actor_resources``; ``**embedder`` as for ``Embedder``."""
     import ray
-
-    probe = Embedder(**{**embedder, "cache": False, "ledger": False})
-    n, cpus = actor_resources(probe.provider.waits_on_network, ray.cluster_resources().get("CPU", 1.0), actors)
-    probe.close()
-    return ds.map_batches(EmbedBatch, fn_constructor_kwargs={"column": column, "name": name, "report": report,
-                                                             **embedder},
-                          batch_size=batch_rows, batch_format="pyarrow", zero_copy_batch=True,
-                          compute=_actor_pool(n), num_cpus=cpus)
-
-
-def _actor_pool(n: int) -> Any:
     import ray.data
 
-    return ray.data.ActorPoolStrategy(size=n)
+    n, cpus, options = for_actors(embedder, ray.cluster_resources().get("CPU", 1.0), actors)
+    return ds.map_batches(EmbedBatch, fn_constructor_kwargs={"column": column, "name": name, "report": report,
+                                                             **options},
+                          batch_size=batch_rows, batch_format="pyarrow", zero_copy_batch=True,
+                          compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus)
+
+
+def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None) -> tuple[int, float, dict[str, Any]]:
+    """How many actors, their CPUs (``actor_resources``), and ``options`` as every actor needs
+    them on any node: the endpoint, key and cache directory this process resolved from its
+    environment (a node's environment is not the driver's). No request is made."""
+    from .redis_link import is_redis_url
+
+    from .cache import default_cache_dir
+
+    probe = Embedder(**{**options, "cache": False, "ledger": False, "limiter": None})
+    network = probe.provider.waits_on_network
+    probe.close()
+    n, cpus = actor_resources(network, cluster_cpus, actors)
+    resolved = dict(options)
+    if network and getattr(probe.provider, "base_url", None):
+        resolved["base_url"] = probe.provider.base_url
+    key = options.get("api_key") or (os.environ.get("OPENAI_API_KEY") if network else None)
+    if key:
+        resolved["api_key"] = key
+    cache = options.get("cache")
+    if cache is None or cache is True:
+        resolved["cache"] = str(default_cache_dir())
+    elif isinstance(cache, (str, os.PathLike)) and not is_redis_url(cache):
+        resolved["cache"] = str(Path(cache).resolve())
+    quota = options.get("rpm") or options.get("tpm")
+    if quota and n > 1 and not is_redis_url(options.get("limiter")):
+        msg = (f"--rpm/--tpm with {n} Ray actors need --limiter redis://host:port/db (one quota for all of "
+               f"them); without it each actor would keep the whole quota to itself")
+        raise ConfigurationError(msg)
+    if n > 1 and not is_redis_url(options.get("cache")):
+        log.warning("the actors share no cache in Redis (--cache redis://...): a text in two partitions embedded "
+                    "at once may be paid twice, and actors on other machines do not see each other's vectors")
+    return n, cpus, resolved
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Ray started here (all CPUs of this machine) or joined at ``address``; a Ray already
-    started in this process is used as it is. Ray's own logs are kept to warnings."""
+    started in this process is used as it is. Ray's own logs are kept to errors."""
     import ray
 
-    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.ERROR)
     started = not ray.is_initialized()
     if started:
         try:
             ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.ERROR)
         except ConnectionError as exc:
             raise ConfigurationError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
     try:
@@ -143,22 +189,63 @@ def ray_session(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def read_dataset(source: str | os.PathLike[str], batch_rows: int) -> Any:
-    """The input as a Ray Dataset in blocks of ``batch_rows`` (one file is one block otherwise,
-    and one actor would embed it all)."""
-    import ray.data
+class Actors:
+    """``n`` ``EmbedBatch`` actors that embed partitions read here, results in input order.
 
-    path = str(source)
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        ds = ray.data.read_parquet(path)
-    elif suffix in (".csv", ".tsv"):
-        import pyarrow.csv as pcsv
+    At most ``AHEAD`` partitions per actor are out at once (each actor embeds two at a time
+    on its own pool, so its requests keep flowing across partition ends), which bounds
+    memory as the local engine does. An actor that dies is started again by Ray and its
+    partitions are sent again (``max_restarts``/``max_task_retries``); what it had finished
+    is in the shared cache, so only its requests in flight are paid twice.
+    """
 
-        ds = ray.data.read_csv(path, parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","))
-    else:
-        ds = ray.data.read_json(path, lines=True)
-    return ds.repartition(target_num_rows_per_block=batch_rows)
+    def __init__(self, n: int, cpus: float, kwargs: dict[str, Any], ready_seconds: float = 120.0) -> None:
+        import ray
+
+        remote = ray.remote(EmbedBatch).options(num_cpus=cpus, max_concurrency=job.AHEAD + 1, max_restarts=-1,
+                                                max_task_retries=-1)
+        self.actors = [remote.remote(**kwargs) for _ in range(n)]
+        self.out: list[int] = [0] * n  # partitions each actor has not answered yet
+        ready, _ = ray.wait([a.ready.remote() for a in self.actors], num_returns=n, timeout=ready_seconds)
+        if len(ready) < n:
+            msg = (f"the Ray cluster started {len(ready)} of {n} actors of {cpus:g} CPUs in {ready_seconds:.0f} s; "
+                   f"ask for fewer (--actors) or add CPUs")
+            raise ConfigurationError(msg)
+        ray.get(ready)  # an actor that failed to start (a bad option) raises its error here
+
+    def map(self, parts: Iterable[pl.DataFrame], column: str) -> Iterator[tuple[pl.DataFrame, pa.Table]]:
+        """``(partition, its output columns)`` for each partition, in order."""
+        import ray
+
+        queue: deque[tuple[pl.DataFrame, Any, int]] = deque()
+        limit = (job.AHEAD + 1) * len(self.actors)
+        for part in parts:
+            k = min(range(len(self.actors)), key=self.out.__getitem__)
+            queue.append((part, self.actors[k].outputs.remote(part.select(column).to_arrow()), k))
+            self.out[k] += 1
+            while len(queue) >= limit or (queue and _done(queue[0][1])):
+                yield self._next(queue, ray)
+        while queue:
+            yield self._next(queue, ray)
+
+    def _next(self, queue: deque[tuple[pl.DataFrame, Any, int]], ray: Any) -> tuple[pl.DataFrame, pa.Table]:
+        part, ref, k = queue.popleft()
+        table = ray.get(ref)
+        self.out[k] -= 1
+        return part, table
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+
+def _done(ref: Any) -> bool:
+    import ray
+
+    return bool(ray.wait([ref], timeout=0)[0])
 
 
 def run(
@@ -175,11 +262,10 @@ def run(
     on_progress: Callable[[RunStats], None] | None = None,
 ) -> RunResult:
     """``job.run`` on Ray: the same output file (atomically, in input order, with metadata),
-    one run (figures, failures, one ledger record written by ``embedder`` here) -- the
-    actors embed with ``options`` (``Embedder`` keywords)."""
+    one run (figures, failures, one ledger record written by ``embedder`` here). Partitions
+    are read here, as the local engine reads them, and embedded by ``Actors`` with
+    ``options`` (``Embedder`` keywords): a cluster's nodes need no access to the input."""
     import pyarrow.parquet as pq
-
-    from . import job
 
     output = Path(output)
     lf = job.scan(source)
@@ -189,19 +275,17 @@ def run(
     with ray_session(address), job.output_lock(output), \
             embedder.run(source=f"polars-embed run --engine ray {source}") as r, job.writing(output) as tmp:
         r.on_progress = on_progress
-        import ray.data
+        import ray
 
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # the output keeps the input's row order
-        ctx.enable_progress_bars = False
-        ds = embed_dataset(read_dataset(source, partition_rows), column, name=name, actors=actors,
-                           batch_rows=partition_rows, report=True, **options)
+        n, cpus, options = for_actors(options, ray.cluster_resources().get("CPU", 1.0), actors)
         book = Accounts(embedder, r, column, name)
         writer: pq.ParquetWriter | None = None
+        pool: Actors | None = None
         try:
             with unwrapped():
-                for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                    table = book.add(table, failed)
+                pool = Actors(n, cpus, {"column": column, "name": name, "report": True, **options})
+                for part, outputs in pool.map(job.partitions(lf, column, partition_rows, source), column):
+                    table = book.add(part, outputs, failed)
                     if writer is None:
                         writer = pq.ParquetWriter(tmp, job._with_metadata(table.schema, embedder))
                     writer.write_table(table)
@@ -209,6 +293,8 @@ def run(
                 writer = pq.ParquetWriter(tmp, job._empty_schema(lf, embedder, name))
             book.close()
         finally:
+            if pool is not None:
+                pool.close()
             if writer is not None:
                 writer.close()
     return job.RunResult(output, r.stats, failed)
@@ -226,14 +312,15 @@ class Accounts:
         self.found: list[np.ndarray] = []  # ... of texts each batch found, not paid in it
         self.cached = 0  # what the actors called entries the cache had before
 
-    def add(self, table: pa.Table, failed: dict[int, str]) -> pa.Table:
+    def add(self, part: pl.DataFrame, outputs: pa.Table, failed: dict[int, str]) -> pa.Table:
+        """Fold in one partition's figures and failures; returns the partition with its outputs."""
         from .plan import as_text, content_keys, make_plan
         from .run import Failure
 
-        figures = RunStats(**json.loads(table.column(STATS_COLUMN)[0].as_py()))
-        table = table.drop_columns([STATS_COLUMN])
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
+        figures = RunStats(**json.loads(outputs.column(STATS_COLUMN)[0].as_py()))
+        out = pl.from_arrow(outputs.drop_columns([STATS_COLUMN]))
+        assert isinstance(out, pl.DataFrame)
+        frame = part.hstack(out)
         plan = make_plan(as_text(frame[self.column], self.column))
         keys = content_keys(plan.texts, self.prefix)
         rows = plan.inverse >= 0
@@ -250,7 +337,7 @@ class Accounts:
             failures.append(Failure(self.offset + i, frame[self.column][i] or "", errors[i]))
         self.offset += frame.height
         self.run.progress(self.run.add(figures, keys, failures))
-        return table
+        return frame.to_arrow()
 
     def close(self) -> None:
         """Cache hits on texts paid in this run (by another actor) are repeats within it."""
@@ -261,18 +348,16 @@ class Accounts:
 
 @contextlib.contextmanager
 def unwrapped() -> Iterator[None]:
-    """An actor's ``PolarsEmbedError`` comes out of Ray wrapped in Ray's exceptions: it is
-    raised as it is (one sentence), not as a Ray traceback."""
+    """An actor's ``PolarsEmbedError`` comes out of Ray wrapped in Ray's exceptions (a
+    ``RayTaskError`` that may also subclass it, its text a traceback): the original is
+    raised, one sentence."""
     try:
         yield
-    except PolarsEmbedError:
-        raise
     except Exception as exc:
         cause: BaseException | None = exc
         while cause is not None:
-            if isinstance(cause, PolarsEmbedError):
-                raise cause from None
             inner = getattr(cause, "cause", None)
+            if isinstance(cause, PolarsEmbedError) and not isinstance(inner, BaseException):
+                raise cause from None
             cause = inner if isinstance(inner, BaseException) and inner is not cause else cause.__cause__
         raise
-

@@ -7,13 +7,18 @@ fetched again and overwritten. Reads are ``MGET`` of up to ``CHUNK`` keys; write
 pipeline a request.
 
 **Claims**: a text one worker is fetching is claimed (``SET <prefix>:c:<key> <worker> NX PX``),
-so another worker that misses it waits for the value instead of paying twice. A claim
-expires after ``claim_seconds`` unless its worker renews it (a thread does, every third of
-that), so a dead worker's texts are fetched by someone else soon after.
+so another worker that misses it waits for the value instead of paying twice. A claim holds
+while its worker is alive: the worker keeps one heartbeat key (``<prefix>:w:<worker>``,
+expiring after ``alive_seconds``, renewed by a thread every third of that while it holds
+claims), and a claim whose worker has no heartbeat is taken over at once. A killed worker's
+texts are therefore fetched by another one within ``alive_seconds``, and renewing costs one
+command however many texts are claimed. ``claim_seconds`` is only a backstop on the claim
+key itself (a claim is deleted when its fetch ends).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -33,13 +38,21 @@ if TYPE_CHECKING:
 #: Keys a round trip (MGET, a pipeline of SETs, a claim script).
 CHUNK = 1000
 
-# Claim each key unless another worker holds it (ours again: renewed). Returns 1/0 per key.
+# Claim each key unless a live worker holds it (ours again: renewed). KEYS: the claim keys;
+# ARGV[1]: this worker, ARGV[2]: the claim's backstop expiry (ms), ARGV[3]: the heartbeat's
+# expiry (ms), ARGV[4]: the heartbeat keys' prefix. Returns 1/0 per key. The holder's heartbeat
+# key is built here, so this runs on one Redis, not a Redis Cluster.
 _CLAIM = """
+redis.call('SET', ARGV[4] .. ARGV[1], '1', 'PX', ARGV[3])
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then out[i] = 1
-  elseif redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]); out[i] = 1
-  else out[i] = 0 end
+  else
+    local holder = redis.call('GET', key)
+    if holder == ARGV[1] or redis.call('EXISTS', ARGV[4] .. holder) == 0 then
+      redis.call('SET', key, ARGV[1], 'PX', ARGV[2]); out[i] = 1  -- ours, or its worker is dead
+    else out[i] = 0 end
+  end
 end
 return out
 """
@@ -63,10 +76,10 @@ class RedisCache:
     ``ttl_seconds`` expires entries (default: never; Redis's ``maxmemory-policy`` may evict).
     """
 
-    def __init__(self, url: str, *, prefix: str = "polars-embed", claim_seconds: float = 30.0,
-                 ttl_seconds: float | None = None) -> None:
+    def __init__(self, url: str, *, prefix: str = "polars-embed", alive_seconds: float = 5.0,
+                 claim_seconds: float = 3600.0, ttl_seconds: float | None = None) -> None:
         self.url, self.prefix = url, prefix
-        self.claim_seconds, self.ttl_seconds = claim_seconds, ttl_seconds
+        self.alive_seconds, self.claim_seconds, self.ttl_seconds = alive_seconds, claim_seconds, ttl_seconds
         self._init_state()
 
     def _init_state(self) -> None:
@@ -74,7 +87,7 @@ class RedisCache:
         self.damaged = 0
         self._client: Any = None
         self._lock = threading.Lock()
-        self._held: set[bytes] = set()  # claim keys this worker holds (renewed by _renewer)
+        self._held: set[bytes] = set()  # claim keys this worker holds (kept alive by _renewer)
         self._renewer: threading.Thread | None = None
         self._closed = threading.Event()
         self._scripts: dict[str, Any] = {}
@@ -88,8 +101,8 @@ class RedisCache:
         return where(self.url)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "prefix": self.prefix, "claim_seconds": self.claim_seconds,
-                "ttl_seconds": self.ttl_seconds}
+        return {"url": self.url, "prefix": self.prefix, "alive_seconds": self.alive_seconds,
+                "claim_seconds": self.claim_seconds, "ttl_seconds": self.ttl_seconds}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -114,6 +127,10 @@ class RedisCache:
 
     def _claim_key(self, key: bytes) -> bytes:
         return self.prefix.encode() + b":c:" + key
+
+    @property
+    def _heartbeat_prefix(self) -> str:
+        return self.prefix + ":w:"
 
     def _call(self, doing: str, fn: Any, *args: Any) -> Any:
         """``fn(*args)``, with a Redis failure said in one sentence (``CacheError``)."""
@@ -171,6 +188,9 @@ class RedisCache:
         self._closed.set()
         if self._held:
             self.release(list(self._held), raw=True)
+        if self._renewer is not None:
+            with contextlib.suppress(*redis_errors()):
+                self.client.delete(self._heartbeat_prefix + self.worker)
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -179,10 +199,11 @@ class RedisCache:
     def claim(self, keys: Sequence[bytes]) -> list[bool]:
         """Claim ``keys`` for this worker; False for a key another worker holds."""
         won: list[bool] = []
-        ms = str(int(self.claim_seconds * 1000))
+        argv = [self.worker, str(int(self.claim_seconds * 1000)), str(int(self.alive_seconds * 1000)),
+                self._heartbeat_prefix]
         for start in range(0, len(keys), CHUNK):
             claim_keys = [self._claim_key(k) for k in keys[start : start + CHUNK]]
-            got = self._call("claiming texts", self._script("claim"), claim_keys, [self.worker, ms])
+            got = self._call("claiming texts", self._script("claim"), claim_keys, argv)
             won += [bool(g) for g in got]
             with self._lock:
                 self._held.update(k for k, g in zip(claim_keys, got) if g)
@@ -191,7 +212,8 @@ class RedisCache:
         return won
 
     def release(self, keys: Sequence[bytes], *, raw: bool = False) -> None:
-        """Drop this worker's claims on ``keys`` (best effort: a claim left behind expires)."""
+        """Drop this worker's claims on ``keys`` (best effort: a claim left behind is taken
+        over once this worker's heartbeat stops)."""
         claim_keys = list(keys) if raw else [self._claim_key(k) for k in keys]
         with self._lock:
             self._held.difference_update(claim_keys)
@@ -205,8 +227,8 @@ class RedisCache:
     def wait(self, keys: Sequence[bytes], stop: threading.Event | None = None
              ) -> tuple[dict[int, tuple[np.ndarray, int]], list[int]]:
         """Wait for texts other workers hold claims on: returns ``{position: value}`` of
-        those stored, and the positions whose claim ended without a value (the worker died
-        or failed), now claimed by this worker, which must fetch them."""
+        those stored, and the positions whose claim ended without a value (the worker failed,
+        or died: its heartbeat stopped), now claimed by this worker, which must fetch them."""
         found: dict[int, tuple[np.ndarray, int]] = {}
         mine: list[int] = []
         pending = list(range(len(keys)))
@@ -234,17 +256,23 @@ class RedisCache:
             self._renewer.start()
 
     def _renew(self) -> None:
-        """Renew this worker's claims every third of ``claim_seconds`` while it holds any."""
-        ms = str(int(self.claim_seconds * 1000))
-        while not self._closed.wait(self.claim_seconds / 3):
+        """While this worker holds claims: its heartbeat every third of ``alive_seconds`` (one
+        command), the claims' backstop expiry every third of ``claim_seconds``."""
+        beat, backstop = self.alive_seconds / 3, self.claim_seconds / 3
+        heartbeat = self._heartbeat_prefix + self.worker
+        renewed = time.monotonic()
+        while not self._closed.wait(beat):
             with self._lock:
                 held = list(self._held)
                 if not held:
                     self._renewer = None  # the next claim starts another
                     return
             try:
-                for start in range(0, len(held), CHUNK):
-                    chunk = held[start : start + CHUNK]
-                    self._script("release")(chunk, [self.worker, ms])
+                self.client.set(heartbeat, "1", px=int(self.alive_seconds * 1000))
+                if time.monotonic() - renewed >= backstop:
+                    renewed = time.monotonic()
+                    ms = str(int(self.claim_seconds * 1000))
+                    for start in range(0, len(held), CHUNK):
+                        self._script("release")(held[start : start + CHUNK], [self.worker, ms])
             except redis_errors():
-                continue  # Redis is away: the claims may lapse, and another worker may fetch too
+                continue  # Redis is away: the claims may be taken over, and another worker may pay too

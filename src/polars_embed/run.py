@@ -334,9 +334,10 @@ class Call:
         self.stats = RunStats(rows=self.plan.n_rows, distinct=n_texts,
                               duplicate_hits=self.plan.n_rows - self.plan.n_blank - n_texts)
 
-    def lookup(self, idx: np.ndarray) -> np.ndarray:
+    def lookup(self, idx: np.ndarray, *, again: bool = False) -> np.ndarray:
         """Fill the results of the cached texts among ``idx``; which of ``idx`` were found.
-        A value of the wrong size or not finite is a damaged entry: a miss, fetched again."""
+        A value of the wrong size or not finite is a damaged entry: a miss, fetched again
+        (counted at the first lookup, not ``again``)."""
         damaged_before = getattr(self.cache, "damaged", 0)
         found = self.cache.get_many([self.keys[i] for i in idx]) if len(idx) else []
         dim = self.res.vectors.shape[1]
@@ -349,8 +350,9 @@ class Call:
             self.res.vectors[where] = mat[ok]
             self.res.tokens[where] = [found[j][1] for j, keep in zip(sized, ok) if keep]  # type: ignore[index]
             good[np.asarray(sized)[ok]] = True
-        self.stats.cache_damaged += sum(v is not None for v in found) - int(good.sum())
-        self.stats.cache_damaged += getattr(self.cache, "damaged", 0) - damaged_before
+        if not again:
+            self.stats.cache_damaged += sum(v is not None for v in found) - int(good.sum())
+            self.stats.cache_damaged += getattr(self.cache, "damaged", 0) - damaged_before
         return good
 
     def account(self, price: float, wall_seconds: float) -> tuple[np.ndarray, list[Failure]]:
