@@ -90,6 +90,7 @@ class Record:
     fault: str | None
     texts: list[str]
     time: float
+    started: float = 0.0  # when its body had arrived (time.time()); `time` is when it was answered
 
 
 class _Bucket:
@@ -510,6 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in ("/v1/embeddings", "/embeddings"):
             self._send(404, _error(f"Unknown path {self.path}", None))
             return
+        started = time.time()
         with state._lock:
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -520,7 +522,7 @@ class _Handler(BaseHTTPRequestHandler):
                 state.in_flight -= 1
         n, tokens, texts = info if info else (0, 0, [])
         with state._lock:
-            state.log.append(Record(status, n, tokens, fault, texts if state.log_texts else [], time.time()))
+            state.log.append(Record(status, n, tokens, fault, texts if state.log_texts else [], time.time(), started))
         if payload is None:  # hang (already waited) or drop: no answer at all
             self.close_connection = True
             try:
@@ -542,10 +544,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-per-1k", type=float, default=0.0, help="seconds added per 1,000 tokens")
     parser.add_argument("--time-scale", type=float, default=1.0, help="speed-up of the rate-limit clock")
     parser.add_argument("--start-empty", action="store_true", help="rate-limit buckets start used up")
+    parser.add_argument("--log-texts", action="store_true", help="keep every input in the log (GET /_admin/log)")
     args = parser.parse_args(argv)
     server = EmbeddingServer(host=args.host, port=args.port, api_key=args.api_key, rpm=args.rpm, tpm=args.tpm,
                              latency=args.latency, latency_per_1k_tokens=args.latency_per_1k,
-                             time_scale=args.time_scale, start_empty=args.start_empty, log_texts=False)
+                             time_scale=args.time_scale, start_empty=args.start_empty, log_texts=args.log_texts)
     server.start()
     print(f"serving OpenAI-compatible embeddings at {server.url} (Ctrl-C stops)", flush=True)
     try:
