@@ -276,6 +276,109 @@ def test_engine_ray_writes_what_the_local_engine_writes(tmp_path, redis):
     assert by_ray["embedding_cost_usd"].sum() == pytest.approx(billed * 0.02 / 1e6)  # the cost column is the bill
 
 
+def ray_cli(src, dst, srv, redis, tmp_path, *options):
+    """`polars-embed run --engine ray` on a Ray it starts (the machine's CPUs), sharing ``redis``."""
+    env = {**os.environ, "OPENAI_API_KEY": API_KEY, "POLARS_EMBED_CACHE": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    return subprocess.Popen([sys.executable, "-m", "polars_embed.cli", "run", str(src), str(dst), "--model", MODEL,
+                             "--dimensions", "32", "--base-url", srv.url, "--engine", "ray", "--cache", redis.url,
+                             "--limiter", redis.url, "--quiet", *options],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_an_actor_killed_mid_run_costs_at_most_its_requests_in_flight(tmp_path, redis):
+    """SIGKILL one actor once requests are flowing: Ray starts it again and sends its
+    partitions again; the run completes with every row right, and only texts of requests in
+    flight at the kill are billed twice."""
+    texts = [f"killed actor text {i % 2400} " + "word " * (i % 7) for i in range(3000)]
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"text": texts}).write_parquet(src)
+    with EmbeddingServer(latency=0.3) as srv:
+        proc = ray_cli(src, tmp_path / "out.parquet", srv, redis, tmp_path, "--actors", "2", "--partition-rows", "500",
+                       "--workers", "4")
+        deadline = time.monotonic() + 120
+        while srv.requests < 4:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.01)
+        actors = subprocess.run(["pgrep", "-f", "ray::EmbedBatch"], capture_output=True, text=True).stdout.split()
+        killed_at = time.time()
+        os.kill(int(actors[0]), 9)
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        out = pl.read_parquet(tmp_path / "out.parquet")
+        assert out.height == 3000 and correct(out, texts)
+        billed = srv.ok_records()
+        counts: dict[str, int] = {}
+        for r in billed:
+            for t in r.texts:
+                counts[t] = counts.get(t, 0) + 1
+        assert set(counts) == set(texts)  # every text billed, at least once
+        in_flight = {t for r in billed if r.started <= killed_at <= r.time + 0.25 for t in r.texts}
+        twice = {t for t, c in counts.items() if c > 1}
+        assert twice <= in_flight and max(counts.values()) <= 2
+
+
+def test_a_failing_actor_stops_the_job_and_the_ledger_counts_what_was_paid(tmp_path, redis):
+    """--max-cost is split between the actors; the first to reach its share stops the job
+    (exit 3), the others stop sending, and the run's record has every token billed."""
+    texts = [f"budget text {i} " + "word " * 20 for i in range(4000)]
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"text": texts}).write_parquet(src)
+    with EmbeddingServer(latency=0.05) as srv:
+        proc = ray_cli(src, tmp_path / "out.parquet", srv, redis, tmp_path, "--actors", "2", "--partition-rows", "500",
+                       "--max-cost", "0.0005")
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 3, err
+        assert "stopped before spending more than" in err and "Traceback" not in err
+        assert not (tmp_path / "out.parquet").exists()
+        from polars_embed import ledger
+
+        record = ledger(tmp_path / "home" / "ledger.sqlite")
+        assert record.height == 1 and record["status"][0] != "ok"
+        assert record["tokens_billed"][0] == srv.billed_tokens > 0
+        assert record["cost_usd"][0] == pytest.approx(srv.billed_tokens * 0.02 / 1e6) and record["cost_usd"][0] <= 0.0005
+
+
+def test_embed_dataset_runs_on_ray_data_with_fractional_actors(tmp_path, redis, monkeypatch):
+    """The Ray Data way: map_batches(EmbedBatch) on a local Ray of 2 CPUs, reading a Parquet
+    file with read tasks beside the actors (which ask for half a CPU each, so nothing hangs)."""
+    import ray
+    import ray.data
+
+    from polars_embed import embed_dataset
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray keeps its token in ~/.ray
+    texts = [f"dataset text {i % 500}" for i in range(1200)]
+    pl.DataFrame({"id": range(1200), "text": texts}).write_parquet(tmp_path / "in.parquet")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        with EmbeddingServer() as srv:
+            blocks = ray.data.read_parquet(str(tmp_path / "in.parquet")).repartition(4)  # one block per actor or more
+            ds = embed_dataset(blocks, "text", model=MODEL, dimensions=32,
+                               base_url=srv.url, api_key=API_KEY, cache=redis.url, limiter=redis.url, batch_rows=300)
+            out = _collect(ds).sort("id")
+            assert out.height == 1200 and correct(out, texts)
+            assert sorted(srv.texts_seen()) == sorted(set(texts))  # each distinct text once, across the actors
+            assert out["embedding_cost_usd"].sum() == pytest.approx(srv.billed_tokens * 0.02 / 1e6)
+            assert out["embedding_error"].null_count() == 1200
+    finally:
+        ray.shutdown()
+
+
+def _collect(ds) -> pl.DataFrame:
+    import pyarrow as pa
+
+    return pl.from_arrow(pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None))))
+
+
+def test_a_shared_redis_that_fails_for_good_is_exit_code_6():
+    from polars_embed import LimiterError, SharedCacheError
+    from polars_embed.cli import _exit_code
+
+    assert _exit_code(SharedCacheError("the Redis at redis://h:1/0 failed while reading the cache")) == 6
+    assert _exit_code(LimiterError("the Redis at redis://h:1/0 failed while keeping the shared quota")) == 6
+
+
 def test_cli_refuses_ray_options_without_the_ray_engine(tmp_path):
     from polars_embed.cli import main
 
@@ -283,3 +386,7 @@ def test_cli_refuses_ray_options_without_the_ray_engine(tmp_path):
     pl.DataFrame({"text": ["a"]}).write_parquet(src)
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--actors", "2"]) != 0
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--batch"]) != 0
+    # a quota kept by each actor alone would be N times the quota: refused before Ray starts
+    assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--rpm", "500"]) == 2
+    assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--tpm", "1e6", "--actors", "3",
+                 "--limiter", str(tmp_path / "not-redis")]) == 2

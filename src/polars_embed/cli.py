@@ -30,6 +30,7 @@ from .errors import (
     OutputError,
     PolarsEmbedError,
     ProviderError,
+    SharedStateError,
 )
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "local:all-MiniLM-L6-v2"
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_BUDGET, EXIT_LOCKED, EXIT_PROVIDER, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+EXIT_SHARED = 6  # the Redis that workers share (--cache/--limiter redis://) failed for good
 log = logging.getLogger("polars_embed")
 
 
@@ -122,14 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--enqueued-tokens", type=int, default=20_000_000,
                      help="with --batch: your enqueued-token limit for the model (default: 20,000,000)")
     run.add_argument("--limiter", default=None, metavar="REDIS_URL",
-                     help="one --rpm/--tpm quota shared with every run that names this Redis (redis://host:port/db)")
+                     help="redis://host:port/db: one requests/tokens-per-minute quota (--rpm/--tpm, else learned "
+                     "from the server's headers) for every run and actor that names this Redis")
     run.add_argument("--engine", choices=["local", "ray"], default="local",
-                     help="local: threads in this process (default); ray: Ray Data actors (pip install "
-                     "'polars-embed[ray]'), sharing what --cache/--limiter name")
+                     help="local: threads in this process (default); ray: Ray actors embed the partitions read here "
+                     "(pip install 'polars-embed[ray]'), sharing what --cache/--limiter redis://... name")
     run.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                     help="with --engine ray: the cluster to join (default: start Ray on this machine)")
+                     help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, else the Ray running on "
+                     "this machine, else a Ray started for this run)")
     run.add_argument("--actors", type=int, default=None,
-                     help="with --engine ray: actors (default: 4 for a network model, one per CPU for a local one)")
+                     help="with --engine ray: actors (default: one per CPU up to 4 for a network model, one per CPU "
+                     "for a local one); --max-cost is split evenly between them")
     _add_common(run, bar=True)
 
     cache = sub.add_parser("cache", help="inspect or clean the cache", description="Inspect or clean the vector cache.")
@@ -325,11 +330,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``Embedder`` keywords of ``run``'s arguments."""
     from .batch import BatchSettings
+    from .redis_link import is_redis_url
 
     if args.engine == "ray" and (args.batch or args.dry_run):
         raise ConfigurationError(f"--engine ray does not do {'--batch' if args.batch else '--dry-run'}; drop one of them")
     if (args.ray_address or args.actors) and args.engine != "ray":
         raise ConfigurationError("--ray-address and --actors need --engine ray")
+    if args.engine == "ray" and (args.rpm or args.tpm) and args.actors != 1 and not is_redis_url(args.limiter):
+        raise ConfigurationError("--rpm/--tpm with --engine ray need --limiter redis://host:port/db (one quota for "
+                                 "every actor; each would otherwise keep the whole quota to itself), or --actors 1")
     if args.detach and not args.batch:
         raise ConfigurationError("--detach needs --batch")
     if args.batch and args.no_cache:
@@ -639,6 +648,8 @@ def _exit_code(exc: PolarsEmbedError) -> int:
         return EXIT_BUDGET
     if isinstance(exc, LockedError):
         return EXIT_LOCKED
+    if isinstance(exc, SharedStateError):
+        return EXIT_SHARED
     if isinstance(exc, (ConfigurationError, InputError, CacheError, OutputError, LedgerError)):
         return EXIT_USAGE
     if isinstance(exc, ProviderError):

@@ -25,9 +25,9 @@ and the output is written here, in input order.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
+import threading
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +39,7 @@ import polars as pl
 from . import job
 from .embedder import Embedder
 from .errors import ConfigurationError, PolarsEmbedError
+from .fetch import Stopped
 from .stats import RunStats
 
 log = logging.getLogger("polars_embed")
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
     from .job import RunResult
     from .run import Run
 
-#: The column an actor adds, for the ``run`` job only, with the figures of the batch (first row).
-STATS_COLUMN = "__polars_embed_stats__"
+    #: What an actor returns for a batch: its output columns (None if it failed), its figures, its error.
+    Result = tuple[pa.Table | None, dict[str, Any], BaseException | None]
+
 #: Actors of a model that waits on the network, by default.
 NETWORK_ACTORS = 4
 
@@ -67,37 +69,53 @@ class EmbedBatch:
     record of their own (``ledger=False``: a job records one run, not one per batch).
     """
 
-    def __init__(self, column: str = "text", *, name: str = "embedding", report: bool = False,
-                 **embedder: Any) -> None:
+    def __init__(self, column: str = "text", *, name: str = "embedding", **embedder: Any) -> None:
         embedder.setdefault("on_error", "null")
         embedder.setdefault("ledger", False)
         embedder.setdefault("source", "ray")
-        self.column, self.name, self.report = column, name, report
+        self.column, self.name = column, name
         self.embedder = Embedder(**embedder)
+        self._lock = threading.Lock()
+        self._runs: set[Run] = set()  # batches being embedded right now (an actor may take several at once)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """``batch`` with the output columns appended (and, with ``report``, the figures)."""
-        table, outputs = batch, self.outputs(batch)
+        """``batch`` with the output columns appended."""
+        outputs, _, error = self.embed(batch)
+        if error is not None:
+            raise error
+        assert outputs is not None
         for col_name, col in zip(outputs.column_names, outputs.columns):
-            table = table.append_column(col_name, col)
-        return table
+            batch = batch.append_column(col_name, col)
+        return batch
 
-    def outputs(self, batch: pa.Table) -> pa.Table:
-        """The output columns of ``batch`` alone; with ``report``, ``STATS_COLUMN`` too."""
-        import pyarrow as pa
-
+    def embed(self, batch: pa.Table) -> tuple[pa.Table | None, dict[str, Any], BaseException | None]:
+        """The output columns of ``batch`` alone, the figures of embedding it (a run of its
+        own), and the error that stopped it, if one did: what it paid is in the figures."""
         if self.column not in batch.column_names:
             msg = f"column {self.column!r} is not in the dataset (columns: {', '.join(batch.column_names)})"
             raise ConfigurationError(msg)
         text = pl.from_arrow(batch.select([self.column]))
         assert isinstance(text, pl.DataFrame)
         emb = self.embedder
-        with emb.ending(emb.start_run()) as run:  # a run of its own: an actor embeds several batches at once
-            table = emb.embed(text[self.column], name=self.name, column=self.column, run=run).to_arrow()
-        if self.report:
-            figures = [json.dumps(asdict(run.stats))] + [None] * (table.num_rows - 1)
-            table = table.append_column(STATS_COLUMN, pa.array(figures, pa.string()))
-        return table
+        run = emb.start_run()
+        with self._lock:
+            self._runs.add(run)
+        try:
+            with emb.ending(run):
+                out = emb.embed(text[self.column], name=self.name, column=self.column, run=run).to_arrow()
+        except (PolarsEmbedError, Stopped) as exc:
+            return None, asdict(run.stats), exc
+        finally:
+            with self._lock:
+                self._runs.discard(run)
+        return out, asdict(run.stats), None
+
+    def stop(self) -> None:
+        """The job is failing: batches being embedded here send nothing more (their requests
+        in flight end and are cached) and return their figures."""
+        with self._lock:
+            for run in self._runs:
+                run.stop()
 
     def ready(self) -> bool:
         return True
@@ -121,15 +139,14 @@ def actor_resources(waits_on_network: bool, cluster_cpus: float, actors: int | N
 
 
 def embed_dataset(ds: Any, column: str = "text", *, name: str = "embedding", actors: int | None = None,
-                  batch_rows: int = 5_000, report: bool = False, **embedder: Any) -> Any:
+                  batch_rows: int = 5_000, **embedder: Any) -> Any:
     """``ds`` with the output columns of ``embed_column`` added: ``map_batches(EmbedBatch)`` on
     an actor pool sized by ``actor_resources``; ``**embedder`` as for ``Embedder``."""
     import ray
     import ray.data
 
     n, cpus, options = for_actors(embedder, ray.cluster_resources().get("CPU", 1.0), actors)
-    return ds.map_batches(EmbedBatch, fn_constructor_kwargs={"column": column, "name": name, "report": report,
-                                                             **options},
+    return ds.map_batches(EmbedBatch, fn_constructor_kwargs={"column": column, "name": name, **options},
                           batch_size=batch_rows, batch_format="pyarrow", zero_copy_batch=True,
                           compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus)
 
@@ -137,7 +154,8 @@ def embed_dataset(ds: Any, column: str = "text", *, name: str = "embedding", act
 def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None) -> tuple[int, float, dict[str, Any]]:
     """How many actors, their CPUs (``actor_resources``), and ``options`` as every actor needs
     them on any node: the endpoint, key and cache directory this process resolved from its
-    environment (a node's environment is not the driver's). No request is made."""
+    environment (a node's environment is not the driver's), and a share of ``max_cost``
+    each. No request is made."""
     from .redis_link import is_redis_url
 
     from .cache import default_cache_dir
@@ -152,6 +170,8 @@ def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None)
     key = options.get("api_key") or (os.environ.get("OPENAI_API_KEY") if network else None)
     if key:
         resolved["api_key"] = key
+    if options.get("max_cost") is not None:  # each actor keeps its own budget: together, at most the whole
+        resolved["max_cost"] = options["max_cost"] / n
     cache = options.get("cache")
     if cache is None or cache is True:
         resolved["cache"] = str(default_cache_dir())
@@ -192,8 +212,8 @@ def ray_session(address: str | None) -> Iterator[None]:
 class Actors:
     """``n`` ``EmbedBatch`` actors that embed partitions read here, results in input order.
 
-    At most ``AHEAD`` partitions per actor are out at once (each actor embeds two at a time
-    on its own pool, so its requests keep flowing across partition ends), which bounds
+    At most ``AHEAD + 1`` partitions per actor are out at once, each actor embedding them at
+    once on its own pool (so its requests keep flowing across partition ends), which bounds
     memory as the local engine does. An actor that dies is started again by Ray and its
     partitions are sent again (``max_restarts``/``max_task_retries``); what it had finished
     is in the shared cache, so only its requests in flight are paid twice.
@@ -202,10 +222,11 @@ class Actors:
     def __init__(self, n: int, cpus: float, kwargs: dict[str, Any], ready_seconds: float = 120.0) -> None:
         import ray
 
-        remote = ray.remote(EmbedBatch).options(num_cpus=cpus, max_concurrency=job.AHEAD + 1, max_restarts=-1,
+        remote = ray.remote(EmbedBatch).options(num_cpus=cpus, max_concurrency=job.AHEAD + 2, max_restarts=-1,
                                                 max_task_retries=-1)
         self.actors = [remote.remote(**kwargs) for _ in range(n)]
         self.out: list[int] = [0] * n  # partitions each actor has not answered yet
+        self.queue: deque[tuple[pl.DataFrame, Any, int]] = deque()
         ready, _ = ray.wait([a.ready.remote() for a in self.actors], num_returns=n, timeout=ready_seconds)
         if len(ready) < n:
             msg = (f"the Ray cluster started {len(ready)} of {n} actors of {cpus:g} CPUs in {ready_seconds:.0f} s; "
@@ -213,26 +234,42 @@ class Actors:
             raise ConfigurationError(msg)
         ray.get(ready)  # an actor that failed to start (a bad option) raises its error here
 
-    def map(self, parts: Iterable[pl.DataFrame], column: str) -> Iterator[tuple[pl.DataFrame, pa.Table]]:
-        """``(partition, its output columns)`` for each partition, in order."""
-        import ray
-
-        queue: deque[tuple[pl.DataFrame, Any, int]] = deque()
+    def map(self, parts: Iterable[pl.DataFrame], column: str) -> Iterator[tuple[pl.DataFrame, Result]]:
+        """``(partition, (outputs, figures, error))`` for each partition, in order."""
         limit = (job.AHEAD + 1) * len(self.actors)
         for part in parts:
             k = min(range(len(self.actors)), key=self.out.__getitem__)
-            queue.append((part, self.actors[k].outputs.remote(part.select(column).to_arrow()), k))
+            self.queue.append((part, self.actors[k].embed.remote(part.select(column).to_arrow()), k))
             self.out[k] += 1
-            while len(queue) >= limit or (queue and _done(queue[0][1])):
-                yield self._next(queue, ray)
-        while queue:
-            yield self._next(queue, ray)
+            while len(self.queue) >= limit or (self.queue and _done(self.queue[0][1])):
+                yield self._next()
+        while self.queue:
+            yield self._next()
 
-    def _next(self, queue: deque[tuple[pl.DataFrame, Any, int]], ray: Any) -> tuple[pl.DataFrame, pa.Table]:
-        part, ref, k = queue.popleft()
-        table = ray.get(ref)
+    def _next(self) -> tuple[pl.DataFrame, Result]:
+        import ray
+
+        part, ref, k = self.queue[0]
+        result = ray.get(ref)
+        self.queue.popleft()
         self.out[k] -= 1
-        return part, table
+        return part, result
+
+    def stop(self, wait_seconds: float = 60.0) -> list[dict[str, Any]]:
+        """Stop every actor's batches and return the figures of those still out (what they
+        paid), waiting at most ``wait_seconds`` for their requests in flight to end."""
+        import ray
+
+        for actor in self.actors:
+            actor.stop.remote()
+        refs = [ref for _, ref, _ in self.queue]
+        self.queue.clear()
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_seconds) if refs else ([], [])
+        figures = []
+        for ref in done:
+            with contextlib.suppress(Exception):  # a batch that failed as a task has no figures to give
+                figures.append(ray.get(ref)[1])
+        return figures
 
     def close(self) -> None:
         import ray
@@ -283,15 +320,24 @@ def run(
         pool: Actors | None = None
         try:
             with unwrapped():
-                pool = Actors(n, cpus, {"column": column, "name": name, "report": True, **options})
-                for part, outputs in pool.map(job.partitions(lf, column, partition_rows, source), column):
-                    table = book.add(part, outputs, failed)
+                pool = Actors(n, cpus, {"column": column, "name": name, **options})
+                for part, (outputs, figures, error) in pool.map(job.partitions(lf, column, partition_rows, source),
+                                                                column):
+                    if error is not None:
+                        book.spent(figures)
+                        raise error
+                    table = book.add(part, outputs, figures, failed)
                     if writer is None:
                         writer = pq.ParquetWriter(tmp, job._with_metadata(table.schema, embedder))
                     writer.write_table(table)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, job._empty_schema(lf, embedder, name))
             book.close()
+        except BaseException:
+            if pool is not None:  # what the other partitions paid before they stopped is the run's too
+                for figures in pool.stop():
+                    book.spent(figures)
+            raise
         finally:
             if pool is not None:
                 pool.close()
@@ -312,13 +358,13 @@ class Accounts:
         self.found: list[np.ndarray] = []  # ... of texts each batch found, not paid in it
         self.cached = 0  # what the actors called entries the cache had before
 
-    def add(self, part: pl.DataFrame, outputs: pa.Table, failed: dict[int, str]) -> pa.Table:
+    def add(self, part: pl.DataFrame, outputs: pa.Table, stats: dict[str, Any], failed: dict[int, str]) -> pa.Table:
         """Fold in one partition's figures and failures; returns the partition with its outputs."""
         from .plan import as_text, content_keys, make_plan
         from .run import Failure
 
-        figures = RunStats(**json.loads(outputs.column(STATS_COLUMN)[0].as_py()))
-        out = pl.from_arrow(outputs.drop_columns([STATS_COLUMN]))
+        figures = RunStats(**stats)
+        out = pl.from_arrow(outputs)
         assert isinstance(out, pl.DataFrame)
         frame = part.hstack(out)
         plan = make_plan(as_text(frame[self.column], self.column))
@@ -338,6 +384,14 @@ class Accounts:
         self.offset += frame.height
         self.run.progress(self.run.add(figures, keys, failures))
         return frame.to_arrow()
+
+    def spent(self, stats: dict[str, Any]) -> None:
+        """A partition that stopped before its rows were written: what it paid (requests,
+        tokens, cost) is the run's; its rows are not counted."""
+        figures = RunStats(**stats)
+        self.run.add(RunStats(requests=figures.requests, retries=figures.retries, rate_limited=figures.rate_limited,
+                              tokens_counted=figures.tokens_counted, tokens_billed=figures.tokens_billed,
+                              cost_usd=figures.cost_usd, uncached=figures.uncached), [], [])
 
     def close(self) -> None:
         """Cache hits on texts paid in this run (by another actor) are repeats within it."""
