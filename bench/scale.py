@@ -90,7 +90,7 @@ def ray_cluster(home: str):
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+        subprocess.run([BIN / "ray", "stop", "--force"], env=env, check=False, capture_output=True)
 
 
 def run_cmd(src: Path, dst: Path, server: Server, home: str, *options: str) -> subprocess.Popen:
@@ -217,7 +217,7 @@ def faults(args, texts, d, redis, address) -> None:
         dst = Path(d, "killed.parquet")
         proc = run_cmd(src, dst, server, d, *shared, "--partition-rows", "2000")
         when(server, 8)
-        pids = subprocess.run(["pgrep", "-f", "ray::EmbedBatch"], capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(["pgrep", "-f", "ray::EmbedBatch"], check=False, capture_output=True, text=True).stdout.split()
         killed_at = time.time()
         os.kill(int(pids[0]), signal.SIGKILL)
         code, err = finish(proc)

@@ -15,7 +15,6 @@ import polars as pl
 import pytest
 
 from polars_embed import Embedder, RedisCache, RedisLimiter, SharedStateError
-from polars_embed.cache import encode_value
 from polars_embed.testing import EmbeddingServer, server_vector
 from polars_embed.testing.redis import RedisServer
 
@@ -248,13 +247,13 @@ def test_engine_ray_writes_what_the_local_engine_writes(tmp_path, redis):
         common = ["--model", MODEL, "--dimensions", "32", "--base-url", srv.url, "--partition-rows", "250"]
         ray_run = subprocess.run([sys.executable, "-m", "polars_embed.cli", "run", str(src), str(tmp_path / "ray.parquet"),
                                   "--engine", "ray", "--cache", redis.url, "--limiter", redis.url, *common],
-                                 env=env, capture_output=True, text=True, timeout=300)
+                                 env=env, check=False, capture_output=True, text=True, timeout=300)
         assert ray_run.returncode == 0, ray_run.stderr
         assert len(srv.texts_seen()) == 700  # each distinct text once, across the actors
         billed = srv.billed_tokens
         local_run = subprocess.run([sys.executable, "-m", "polars_embed.cli", "run", str(src),
                                     str(tmp_path / "local.parquet"), "--cache", str(tmp_path / "c"), *common],
-                                   env=env, capture_output=True, text=True, timeout=120)
+                                   env=env, check=False, capture_output=True, text=True, timeout=120)
         assert local_run.returncode == 0, local_run.stderr
     by_ray, by_local = pl.read_parquet(tmp_path / "ray.parquet"), pl.read_parquet(tmp_path / "local.parquet")
     assert by_ray.schema == by_local.schema and by_ray.height == 1001
@@ -299,7 +298,7 @@ def test_an_actor_killed_mid_run_costs_at_most_its_requests_in_flight(tmp_path, 
         while srv.requests < 4:
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "slow"
             time.sleep(0.01)
-        actors = subprocess.run(["pgrep", "-f", "ray::EmbedBatch"], capture_output=True, text=True).stdout.split()
+        actors = subprocess.run(["pgrep", "-f", "ray::EmbedBatch"], check=False, capture_output=True, text=True).stdout.split()
         killed_at = time.time()
         os.kill(int(actors[0]), 9)
         _, err = proc.communicate(timeout=180)

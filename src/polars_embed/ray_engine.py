@@ -156,17 +156,17 @@ def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None)
     them on any node: the endpoint, key and cache directory this process resolved from its
     environment (a node's environment is not the driver's), and a share of ``max_cost``
     each. No request is made."""
-    from .redis_link import is_redis_url
-
     from .cache import default_cache_dir
+    from .redis_link import is_redis_url
 
     probe = Embedder(**{**options, "cache": False, "ledger": False, "limiter": None})
     network = probe.provider.waits_on_network
     probe.close()
     n, cpus = actor_resources(network, cluster_cpus, actors)
     resolved = dict(options)
-    if network and getattr(probe.provider, "base_url", None):
-        resolved["base_url"] = probe.provider.base_url
+    base_url = getattr(probe.provider, "base_url", None)
+    if network and base_url:
+        resolved["base_url"] = base_url
     key = options.get("api_key") or (os.environ.get("OPENAI_API_KEY") if network else None)
     if key:
         resolved["api_key"] = key
@@ -222,9 +222,9 @@ class Actors:
     def __init__(self, n: int, cpus: float, kwargs: dict[str, Any], ready_seconds: float = 120.0) -> None:
         import ray
 
-        remote = ray.remote(EmbedBatch).options(num_cpus=cpus, max_concurrency=job.AHEAD + 2, max_restarts=-1,
-                                                max_task_retries=-1)
-        self.actors = [remote.remote(**kwargs) for _ in range(n)]
+        remote: Any = ray.remote(EmbedBatch)
+        remote = remote.options(num_cpus=cpus, max_concurrency=job.AHEAD + 2, max_restarts=-1, max_task_retries=-1)
+        self.actors: list[Any] = [remote.remote(**kwargs) for _ in range(n)]
         self.out: list[int] = [0] * n  # partitions each actor has not answered yet
         self.queue: deque[tuple[pl.DataFrame, Any, int]] = deque()
         ready, _ = ray.wait([a.ready.remote() for a in self.actors], num_returns=n, timeout=ready_seconds)
