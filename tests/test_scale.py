@@ -51,26 +51,30 @@ def test_redis_cache_round_trip_in_chunks(redis):
 
 
 def test_damaged_redis_entry_is_a_miss_fetched_again(server, redis):
-    texts = ["alpha", "beta", "gamma"]
-    first = embedder(server, redis.url)
-    first.embed(pl.Series("text", texts))
-    key = first.plan(pl.Series("text", texts), first.start_run(), "text", None).keys[1]
-    first.close()
+    import struct
+
     import redis as redis_py
 
+    texts = ["alpha", "beta", "gamma", "delta"]
+    first = embedder(server, redis.url)
+    first.embed(pl.Series("text", texts))
+    keys = first.plan(pl.Series("text", texts), first.start_run(), "text", None).keys
+    first.close()
     client = redis_py.Redis.from_url(redis.url)
-    raw = bytearray(client.get(b"polars-embed:v:" + key))
-    raw[-1] ^= 0xFF  # one flipped bit of a float: the checksum fails
-    client.set(b"polars-embed:v:" + key, bytes(raw))
-    client.set(b"polars-embed:v:" + key[:-1] + b"x", b"\x80\x04\x95pickle")  # garbage under another key
+    raw = bytearray(client.get(b"polars-embed:v:" + keys[1]))
+    raw[-1] ^= 0x01  # one flipped bit of a float: the checksum fails
+    client.set(b"polars-embed:v:" + keys[1], bytes(raw))
+    vector = np.ones(32, "<f4").tobytes()  # the disk cache's first layout, which has no checksum: refused here
+    client.set(b"polars-embed:v:" + keys[3], struct.pack("<4sII", b"PEv1", 3, 32) + vector)
+    client.set(b"polars-embed:v:" + keys[0][:-1] + b"x", b"\x80\x04\x95pickle")  # garbage under another key
 
     again = embedder(server, redis.url)
     out = again.embed(pl.Series("text", texts))
-    assert out["embedding_cache_hit"].to_list() == [True, False, True]
-    assert again.last_stats.cache_damaged == 1  # the run counts it once (the cache counts each read of it)
-    assert again.cache.damaged >= 1
+    assert out["embedding_cache_hit"].to_list() == [True, False, True, False]
+    assert again.last_stats.cache_damaged == 2  # the run counts each once (the cache counts each read of it)
+    assert again.cache.damaged >= 2
     assert correct(out, texts)
-    assert again.cache.get_many([key])[0] is not None  # overwritten with a good value
+    assert all(v is not None for v in again.cache.get_many([keys[1], keys[3]]))  # overwritten with good values
     again.close()
 
 

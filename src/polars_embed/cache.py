@@ -84,11 +84,12 @@ def encode_values(vectors: Sequence[np.ndarray], tokens: Sequence[int]) -> list[
     return [row.tobytes() for row in buf]
 
 
-def decode_value(raw: object) -> tuple[np.ndarray, int] | None:
-    """The vector and token count of a stored value; None if it is damaged (see above)."""
+def decode_value(raw: object, *, legacy: bool = True) -> tuple[np.ndarray, int] | None:
+    """The vector and token count of a stored value; None if it is damaged (see above).
+    ``legacy=False``: a value of the first layout, which has no checksum, is refused too."""
     if not isinstance(raw, bytes) or len(raw) < _HEADER_V1.size:
         return None
-    if raw[:4] == _MAGIC_V1:
+    if raw[:4] == _MAGIC_V1 and legacy:
         _, tokens, dim = _HEADER_V1.unpack_from(raw)
         if len(raw) != _HEADER_V1.size + 4 * dim:
             return None

@@ -146,7 +146,7 @@ class RedisCache:
         for start in range(0, len(keys), CHUNK):
             chunk = [self._value_key(k) for k in keys[start : start + CHUNK]]
             for raw in self._call("reading the cache", self.client.mget, chunk):
-                value = decode_value(raw) if raw is not None else None
+                value = decode_value(raw, legacy=False) if raw is not None else None  # checksummed only
                 damaged += raw is not None and value is None
                 out.append(value)
         if damaged:
