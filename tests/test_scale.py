@@ -122,6 +122,28 @@ def test_workers_sharing_a_redis_cache_pay_each_text_once(redis):
             w.close()
 
 
+def test_no_claim_outlives_its_fetch(redis):
+    """Claims are released when a fetch ends, whether it succeeded or failed (a long-lived
+    actor would otherwise hold them, and make other workers wait, for as long as it lives)."""
+    import redis as redis_py
+
+    from polars_embed import ProviderError
+    from polars_embed.testing import Faults
+
+    client = redis_py.Redis.from_url(redis.url)
+    with EmbeddingServer(faults=Faults(error_5xx=1.0)) as failing:
+        emb = embedder(failing, redis.url, max_attempts=1)
+        with pytest.raises(ProviderError):
+            emb.embed(pl.Series("text", [f"failing {i}" for i in range(50)]))
+        assert list(client.scan_iter(match=b"polars-embed:c:*")) == []
+        emb.close()
+    with EmbeddingServer() as srv:
+        emb = embedder(srv, redis.url)
+        emb.embed(pl.Series("text", [f"failing {i}" for i in range(50)]))
+        assert list(client.scan_iter(match=b"polars-embed:c:*")) == []
+        emb.close()
+
+
 def _small_requests():
     from polars_embed import Limits
 

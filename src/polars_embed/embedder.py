@@ -362,27 +362,28 @@ class Embedder:
         """Fetch the texts ``wanted``; those another call is fetching right now are waited
         for, not paid twice (and fetched here if that call failed on them)."""
         claim, mine, theirs = self._inflight.claim(c.keys, np.flatnonzero(wanted))
-        ours, elsewhere, shared = claim_shared(c.cache, c.keys, mine)  # other machines fetch `elsewhere`
-        fetched = np.asarray(ours, dtype=np.int64)
-        # A fetch that ended since the lookup (here, or on another machine: it stores before it
-        # releases its claims) may have stored what we just claimed: look those up again.
-        if (shared or self._inflight.released != c.released) and len(fetched):
-            found = c.lookup(fetched, again=True)
-            c.from_cache[fetched[found]] = True
-            fetched = fetched[~found]
+        ours: list[int] = []
 
         def stored(items: list[Item], done: list[int], billed: int) -> None:
             self._inflight.publish(claim, items)
             progress.done(done, billed, billed * self.price / 1e6)
 
-        c.stats.misses += len(fetched)
-        kind, extra = (BatchFetch, self.batch.options(self.cache, c.run)) if self.batch else (Fetch, {})
-        fetch = kind(self.stage, c.cache, c.plan.texts, c.keys, fetched, c.res, c.stats,  # type: ignore[operator]
-                     describe=lambda i: Failure(c.row(i), c.plan.texts[i], "").where(c.column),
-                     on_stored=stored, stop=c.run.stopping, **extra)
         try:
+            ours, elsewhere, shared = claim_shared(c.cache, c.keys, mine)  # other machines fetch `elsewhere`
+            fetched = np.asarray(ours, dtype=np.int64)
+            # A fetch that ended since the lookup (here, or on another machine: it stores before it
+            # releases its claims) may have stored what we just claimed: look those up again.
+            if (shared or self._inflight.released != c.released) and len(fetched):
+                found = c.lookup(fetched, again=True)
+                c.from_cache[fetched[found]] = True
+                fetched = fetched[~found]
+            c.stats.misses += len(fetched)
+            kind, extra = (BatchFetch, self.batch.options(self.cache, c.run)) if self.batch else (Fetch, {})
+            fetch = kind(self.stage, c.cache, c.plan.texts, c.keys, fetched, c.res, c.stats,  # type: ignore[operator]
+                         describe=lambda i: Failure(c.row(i), c.plan.texts[i], "").where(c.column),
+                         on_stored=stored, stop=c.run.stopping, **extra)
             fetch.run()
-        finally:
+        finally:  # whatever happened, the texts are free for other calls and workers again
             self._inflight.release(claim, [c.keys[i] for i in mine])
             release_shared(c.cache, [c.keys[i] for i in ours])
         again = wait_shared(c.cache, c, elsewhere, c.run.stopping)

@@ -95,7 +95,7 @@ def release_shared(cache: Any, keys: list[bytes]) -> None:
 def wait_shared(cache: Any, c: Any, elsewhere: list[int], stop: threading.Event) -> list[int]:
     """Wait for the texts ``elsewhere`` that other workers are fetching: each stored one is a
     cache hit of call ``c``; returns those whose worker ended without them (died, failed),
-    claimed now by this process, which must fetch them."""
+    which this process must fetch."""
     if not elsewhere:
         return []
     from .fetch import Stopped

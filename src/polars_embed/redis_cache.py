@@ -201,14 +201,18 @@ class RedisCache:
         won: list[bool] = []
         argv = [self.worker, str(int(self.claim_seconds * 1000)), str(int(self.alive_seconds * 1000)),
                 self._heartbeat_prefix]
-        for start in range(0, len(keys), CHUNK):
-            claim_keys = [self._claim_key(k) for k in keys[start : start + CHUNK]]
-            got = self._call("claiming texts", self._script("claim"), claim_keys, argv)
-            won += [bool(g) for g in got]
-            with self._lock:
-                self._held.update(k for k, g in zip(claim_keys, got) if g)
-        if any(won):
-            self._start_renewer()
+        try:
+            for start in range(0, len(keys), CHUNK):
+                claim_keys = [self._claim_key(k) for k in keys[start : start + CHUNK]]
+                got = self._call("claiming texts", self._script("claim"), claim_keys, argv)
+                won += [bool(g) for g in got]
+                with self._lock:
+                    self._held.update(k for k, g in zip(claim_keys, got) if g)
+                if any(got):
+                    self._start_renewer()
+        except BaseException:
+            self.release([k for k, w in zip(keys, won) if w])  # the chunks claimed before the failure
+            raise
         return won
 
     def release(self, keys: Sequence[bytes], *, raw: bool = False) -> None:
@@ -228,24 +232,28 @@ class RedisCache:
              ) -> tuple[dict[int, tuple[np.ndarray, int]], list[int]]:
         """Wait for texts other workers hold claims on: returns ``{position: value}`` of
         those stored, and the positions whose claim ended without a value (the worker failed,
-        or died: its heartbeat stopped), now claimed by this worker, which must fetch them."""
+        or died: its heartbeat stopped), which the caller must fetch (claiming them again:
+        this returns holding no claim)."""
         found: dict[int, tuple[np.ndarray, int]] = {}
         mine: list[int] = []
         pending = list(range(len(keys)))
         delay = 0.02
-        while pending:
-            values = self.get_many([keys[i] for i in pending])
-            missing = [i for i, v in zip(pending, values) if v is None]
-            found.update((i, v) for i, v in zip(pending, values) if v is not None)
-            won = self.claim([keys[i] for i in missing]) if missing else []
-            mine += [i for i, w in zip(missing, won) if w]
-            pending = [i for i, w in zip(missing, won) if not w]
-            if pending:
-                if stop is not None and stop.wait(delay):
-                    break
-                if stop is None:
-                    time.sleep(delay)
-                delay = min(0.25, delay * 1.5)
+        try:
+            while pending:
+                values = self.get_many([keys[i] for i in pending])
+                missing = [i for i, v in zip(pending, values) if v is None]
+                found.update((i, v) for i, v in zip(pending, values) if v is not None)
+                won = self.claim([keys[i] for i in missing]) if missing else []
+                mine += [i for i, w in zip(missing, won) if w]
+                pending = [i for i, w in zip(missing, won) if not w]
+                if pending:
+                    if stop is not None and stop.wait(delay):
+                        break
+                    if stop is None:
+                        time.sleep(delay)
+                    delay = min(0.25, delay * 1.5)
+        finally:
+            self.release([keys[i] for i in mine])
         return found, mine
 
     def _start_renewer(self) -> None:
