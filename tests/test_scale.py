@@ -261,6 +261,10 @@ def test_actor_resources_leave_a_cpu_for_reads():
     assert actor_resources(True, 64.0, 100) == (100, 0.63)
     n, share = actor_resources(False, 1.0)
     assert n == 1 and share == 0.5
+    from polars_embed import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="--actors must be at least 1, got 0"):
+        actor_resources(True, 2.0, 0)
 
 
 def test_engine_ray_writes_what_the_local_engine_writes(tmp_path, redis):
@@ -411,6 +415,7 @@ def test_cli_refuses_ray_options_without_the_ray_engine(tmp_path):
     pl.DataFrame({"text": ["a"]}).write_parquet(src)
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--actors", "2"]) != 0
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--batch"]) != 0
+    assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--actors", "0"]) == 2
     # a quota kept by each actor alone would be N times the quota: refused before Ray starts
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--rpm", "500"]) == 2
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--tpm", "1e6", "--actors", "3",

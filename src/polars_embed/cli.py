@@ -334,8 +334,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.engine == "ray" and (args.batch or args.dry_run):
         raise ConfigurationError(f"--engine ray does not do {'--batch' if args.batch else '--dry-run'}; drop one of them")
-    if (args.ray_address or args.actors) and args.engine != "ray":
+    if (args.ray_address or args.actors is not None) and args.engine != "ray":
         raise ConfigurationError("--ray-address and --actors need --engine ray")
+    if args.actors is not None and args.actors < 1:
+        raise ConfigurationError(f"--actors must be at least 1, got {args.actors}")
     if args.engine == "ray" and (args.rpm or args.tpm) and args.actors != 1 and not is_redis_url(args.limiter):
         raise ConfigurationError("--rpm/--tpm with --engine ray need --limiter redis://host:port/db (one quota for "
                                  "every actor; each would otherwise keep the whole quota to itself), or --actors 1")

@@ -131,7 +131,7 @@ def actor_resources(waits_on_network: bool, cluster_cpus: float, actors: int | N
     network gets ``NETWORK_ACTORS`` (fewer on fewer CPUs: an actor's threads wait on the
     network, its CPU work is tokens and hashes); a local model one actor per CPU."""
     cpus = max(1.0, cluster_cpus)
-    n = actors or (min(NETWORK_ACTORS, int(cpus)) if waits_on_network else int(cpus))
+    n = actors if actors is not None else (min(NETWORK_ACTORS, int(cpus)) if waits_on_network else int(cpus))
     if n < 1:
         raise ConfigurationError(f"--actors must be at least 1, got {n}")
     share = min(1.0, max(cpus - 1.0, 0.5) / n)
@@ -190,8 +190,9 @@ def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None)
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Ray started here (all CPUs of this machine) or joined at ``address``; a Ray already
-    started in this process is used as it is. Ray's own logs are kept to errors."""
+    """Ray joined at ``address``; without one, at ``$RAY_ADDRESS`` or the Ray running on this
+    machine, else started here for the run (all CPUs of this machine). A Ray already started
+    in this process is used as it is. Ray's own logs are kept to errors."""
     import ray
 
     logging.getLogger("ray").setLevel(logging.ERROR)
