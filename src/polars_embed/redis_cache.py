@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import decode_value, encode_values
 from .errors import SharedCacheError
-from .redis_link import connect, redis_errors, unreachable, where
+from .redis_link import Linked, redis_errors, unreachable, where
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -69,7 +69,7 @@ return n
 """
 
 
-class RedisCache:
+class RedisCache(Linked):
     """The ``Cache`` protocol over one Redis, plus claims (``claim``/``release``/``wait``).
 
     Picklable as its settings (a Ray actor or a process opens its own connection).
@@ -107,14 +107,6 @@ class RedisCache:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_state()
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self.url)
-        return self._client
 
     def _script(self, name: str) -> Any:
         """A Lua script by name (EVALSHA, loaded again after a restart)."""

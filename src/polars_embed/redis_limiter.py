@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import LimiterError
 from .limiter import MIN_TPM, _number
-from .redis_link import connect, redis_errors, unreachable, where
+from .redis_link import Linked, redis_errors, unreachable, where
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -97,7 +97,7 @@ return {tostring(wait), tostring(rpm or ''), tostring(tpm or ''), observed}
 """
 
 
-class RedisLimiter:
+class RedisLimiter(Linked):
     """The ``Limiter`` protocol with its buckets in Redis, shared by every worker that
     names the same Redis and ``scope`` (an endpoint and model: a quota is per model)."""
 
@@ -125,14 +125,6 @@ class RedisLimiter:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_state()
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self.url)
-        return self._client
 
     def _run(self, op: str, *args: float | str, doing: str) -> float:
         """One atomic step of the quota; returns the seconds to wait (``reserve``)."""

@@ -7,6 +7,7 @@ naming the Redis (its password left out) and what was being done.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -58,3 +59,20 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     import redis
 
     return (redis.RedisError,)
+
+
+class Linked:
+    """A client for ``self.url`` opened on first use (by one thread), so that an object that
+    holds one pickles as its settings and opens its own connection where it lands."""
+
+    url: str
+    _client: Any
+    _lock: threading.Lock
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.url)
+        return self._client
