@@ -82,7 +82,7 @@ def test_claims_are_per_worker_and_lapse_with_their_worker(redis):
     a, b = RedisCache(redis.url, alive_seconds=0.6), RedisCache(redis.url, alive_seconds=0.6)
     assert a.claim([b"x", b"y"]) == [True, True]
     assert b.claim([b"x", b"z"]) == [False, True]
-    assert a.claim([b"x"]) == [True]  # ours already: renewed
+    assert a.claim([b"x"]) == [False]  # held by this worker already: a second caller waits for it
     a.set_many([(b"x", np.ones(4, np.float32), 2)])
     found, mine = b.wait([b"x"])
     assert list(found) == [0] and mine == []
@@ -142,6 +142,99 @@ def test_no_claim_outlives_its_fetch(redis):
         emb.embed(pl.Series("text", [f"failing {i}" for i in range(50)]))
         assert list(client.scan_iter(match=b"polars-embed:c:*")) == []
         emb.close()
+
+
+def test_a_value_waited_for_passes_the_checks_of_any_lookup(server, redis):
+    """Another worker holds the claim, then stores a value of the wrong size and lets go:
+    the waiter does not take it, it fetches the text itself."""
+    holder = RedisCache(redis.url)
+    waiter = embedder(server, redis.url)
+    key = waiter.plan(pl.Series("text", ["held"]), waiter.start_run(), "text", None).keys[0]
+    assert holder.claim([key]) == [True]
+
+    def store_bad_value_then_let_go() -> None:
+        time.sleep(0.3)
+        holder.set_many([(key, np.full(8, 0.5, np.float32), 3)])  # checksummed, but 8 dimensions, not 32
+        holder.release([key])
+
+    threading.Thread(target=store_bad_value_then_let_go).start()
+    out = waiter.embed(pl.Series("text", ["held"]))
+    assert correct(out, ["held"]) and out["embedding_cache_hit"].to_list() == [False]
+    assert server.texts_seen() == ["held"]
+    waiter.close()
+    holder.close()
+
+
+def test_forked_workers_and_threads_sharing_one_cache_object_pay_each_text_once(redis):
+    """An Embedder made before a fork, used by 4 forked processes, and one RedisCache object
+    used by two Embedders in threads: each is a worker of its own (or waits for itself)."""
+    import multiprocessing
+
+    texts = [f"fork text {i}" for i in range(200)]
+    with EmbeddingServer(latency=0.1) as srv:
+        emb = embedder(srv, redis.url, limits=_small_requests())
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=emb.embed, args=(pl.Series("text", texts),)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        assert sorted(srv.texts_seen()) == sorted(texts)
+        more = [f"thread text {i}" for i in range(200)]
+        cache = RedisCache(redis.url)
+        pair = [embedder(srv, redis.url, cache=cache, limits=_small_requests()) for _ in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda e: e.embed(pl.Series("text", more)), pair))
+        assert sorted(srv.texts_seen()) == sorted(texts + more) and all(correct(o, more) for o in outs)
+        emb.close()
+
+
+def test_a_closed_cache_used_again_keeps_its_claims_alive(redis):
+    a, b = RedisCache(redis.url, alive_seconds=0.3), RedisCache(redis.url, alive_seconds=0.3)
+    a.claim([b"k"])
+    a.close()
+    assert a.claim([b"k2"]) == [True]  # used again after close: a new heartbeat
+    time.sleep(1.0)
+    assert b.claim([b"k2"]) == [False]
+    a.close()
+    b.close()
+
+
+def test_a_redis_lost_after_an_answer_keeps_the_answer(redis, monkeypatch):
+    """observe/settle/pause follow a paid answer: a Redis gone then does not lose it (the
+    next reserve says so)."""
+    from polars_embed import redis_link
+
+    monkeypatch.setattr(redis_link, "RETRY_SECONDS", 0.5)
+    quota = RedisLimiter(redis.url, tpm=60_000, scope="q")
+    quota.acquire(100)
+    redis.stop()
+    quota.observe({"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "59000"})
+    quota.settle(100, 90)
+    quota.pause(1.0)
+    from polars_embed import LimiterError
+
+    with pytest.raises(LimiterError, match="failed while keeping the shared quota"):
+        quota.acquire(100)
+
+
+def test_urls_that_are_not_a_redis_are_refused_and_passwords_never_shown(tmp_path):
+    from polars_embed import ConfigurationError, Embedder
+    from polars_embed.redis_link import where
+
+    assert where("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert where("redis://host/0?password=s3cret&db=1") == "redis://host/0?password=***&db=1"
+    assert "s3cret" not in where("redis://:s3cret@host:notaport/0")
+    for bad in ("http://u:s3cret@host/x", "redis://:s3cret@host:notaport/0"):
+        with pytest.raises(ConfigurationError) as info:
+            Embedder(MODEL, api_key=API_KEY, cache=bad, ledger=False)
+        assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        Embedder(MODEL, api_key=API_KEY, cache=False, limiter="http://u:s3cret@host/x")
+    assert "s3cret" not in str(info.value)
+    upper = Embedder(MODEL, api_key=API_KEY, cache="Redis://:s3cret@127.0.0.1:1/0", ledger=False)
+    assert isinstance(upper.cache, RedisCache) and not (tmp_path / "Redis:").exists()
 
 
 def _small_requests():
@@ -303,6 +396,19 @@ def test_engine_ray_writes_what_the_local_engine_writes(tmp_path, redis):
     assert records.height == 1 and records["source"][0].startswith("polars-embed run --engine ray")
     assert records["tokens_billed"][0] == billed
     assert by_ray["embedding_cost_usd"].sum() == pytest.approx(billed * 0.02 / 1e6)  # the cost column is the bill
+    warm = subprocess.run([sys.executable, "-m", "polars_embed.cli", "run", str(src), str(tmp_path / "warm.parquet"),
+                           "--engine", "ray", "--cache", redis.url, *common], env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
+    warm_local = subprocess.run([sys.executable, "-m", "polars_embed.cli", "run", str(src),
+                                 str(tmp_path / "warm-local.parquet"), "--cache", str(tmp_path / "c"), *common],
+                                env=env, check=False, capture_output=True, text=True, timeout=120)
+    assert warm.returncode == 0 and warm_local.returncode == 0, warm.stderr + warm_local.stderr
+
+    def hits(out: str) -> str:
+        return next(line for line in out.splitlines() if "cache hits" in line)
+
+    assert hits(warm.stdout) == hits(warm_local.stdout)  # the blank row (a null hit) is neither cached nor a repeat
+    assert "1,000 in the cache before this run" in hits(warm.stdout)
 
 
 def ray_cli(src, dst, srv, redis, tmp_path, *options):
@@ -416,6 +522,10 @@ def test_cli_refuses_ray_options_without_the_ray_engine(tmp_path):
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--actors", "2"]) != 0
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--batch"]) != 0
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--actors", "0"]) == 2
+    for address in ("127.0.0.1:1", "not an address"):  # one sentence at once, not minutes of Ray retrying
+        started = time.monotonic()
+        assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--ray-address", address]) == 2
+        assert time.monotonic() - started < 30
     # a quota kept by each actor alone would be N times the quota: refused before Ray starts
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--rpm", "500"]) == 2
     assert main(["run", str(src), str(tmp_path / "o.parquet"), "--engine", "ray", "--tpm", "1e6", "--actors", "3",

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import CacheError
+from .errors import CacheError, ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -473,12 +473,15 @@ def open_cache(cache: Cache | str | os.PathLike[str] | bool | None) -> Cache:
         return DiskCache()
     if cache is False:
         return NoCache()
-    from .redis_link import is_redis_url
+    from .redis_link import is_redis_url, looks_like_url, where
 
     if is_redis_url(cache):
         from .redis_cache import RedisCache
 
         return RedisCache(str(cache))
+    if looks_like_url(cache):
+        msg = f"cache {where(str(cache))!r} is neither a directory nor a Redis URL (redis://, rediss://, unix://)"
+        raise ConfigurationError(msg)
     if isinstance(cache, (str, os.PathLike)):
         return DiskCache(cache)
     for method in ("get_many", "set_many", "stats", "close"):

@@ -101,10 +101,9 @@ def wait_shared(cache: Any, c: Any, elsewhere: list[int], stop: threading.Event)
     from .fetch import Stopped
 
     values, reclaimed = cache.wait([c.keys[i] for i in elsewhere], stop)
-    for pos, (vector, tokens) in values.items():
-        i = elsewhere[pos]
-        c.res.vectors[i], c.res.tokens[i] = vector, tokens
-        c.from_cache[i] = True
     if len(values) + len(reclaimed) < len(elsewhere):
         raise Stopped("the run was stopped")
-    return [elsewhere[pos] for pos in reclaimed]
+    stored = np.asarray([elsewhere[pos] for pos in values], dtype=np.int64)
+    good = c.lookup(stored)  # what another worker stored passes the checks of any lookup (size, finite, not zero)
+    c.from_cache[stored[good]] = True
+    return [elsewhere[pos] for pos in reclaimed] + stored[~good].tolist()

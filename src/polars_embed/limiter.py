@@ -232,12 +232,12 @@ def shared_limiter(limiter: Limiter | str | None, rpm: float | None, tpm: float 
     per endpoint and model (``redis_limiter.RedisLimiter``); a ``Limiter`` object as it is."""
     if not isinstance(limiter, str):
         return limiter
-    from .redis_link import is_redis_url
+    from .redis_link import is_redis_url, where
 
     if not is_redis_url(limiter):
         from .errors import ConfigurationError
 
-        raise ConfigurationError(f"limiter= must be a Limiter object or a redis:// URL, got {limiter!r}")
+        raise ConfigurationError(f"limiter= must be a Limiter object or a redis:// URL, got {where(limiter)!r}")
     from .redis_limiter import RedisLimiter
 
     scope = f"{getattr(provider, 'endpoint', None) or provider.name} {provider.model}"

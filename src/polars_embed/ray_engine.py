@@ -198,16 +198,37 @@ def ray_session(address: str | None) -> Iterator[None]:
     logging.getLogger("ray").setLevel(logging.ERROR)
     started = not ray.is_initialized()
     if started:
+        if address:
+            reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
                      logging_level=logging.ERROR)
-        except ConnectionError as exc:
-            raise ConfigurationError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigurationError(f"cannot join the Ray cluster at {address!r}: {reason}") from None
     try:
         yield
     finally:
         if started:
             ray.shutdown()
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """``--ray-address`` answers on its port (Ray itself retries an unreachable one for minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError(f"--ray-address {address!r} is not HOST:PORT (or auto, or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        msg = f"cannot reach the Ray cluster at {address!r} ({exc.strerror or exc}); is `ray start --head` running there?"
+        raise ConfigurationError(msg) from None
 
 
 class Actors:
@@ -262,7 +283,7 @@ class Actors:
         import ray
 
         for actor in self.actors:
-            actor.stop.remote()
+            actor.stop.options(max_task_retries=0).remote()  # an actor that is gone has nothing to stop
         refs = [ref for _, ref, _ in self.queue]
         self.queue.clear()
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_seconds) if refs else ([], [])
@@ -372,7 +393,8 @@ class Accounts:
         keys = content_keys(plan.texts, self.prefix)
         rows = plan.inverse >= 0
         paid = np.zeros(len(keys), dtype=bool)
-        np.logical_or.at(paid, plan.inverse[rows], ~frame[f"{self.name}_cache_hit"].to_numpy()[rows])
+        hit = frame[f"{self.name}_cache_hit"].fill_null(True).to_numpy()  # null: a blank row, paid nothing
+        np.logical_or.at(paid, plan.inverse[rows], ~hit[rows])
         prefixes = np.frombuffer(b"".join(k[:8] for k in keys), dtype=np.uint64)
         self.paid.append(prefixes[paid])
         self.found.append(prefixes[~paid])

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import decode_value, encode_values
 from .errors import SharedCacheError
-from .redis_link import Linked, redis_errors, unreachable, where
+from .redis_link import Linked, connect, redis_errors, unreachable, where
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: Keys a round trip (MGET, a pipeline of SETs, a claim script).
 CHUNK = 1000
+#: Seconds writes are skipped after one failed (Redis away for longer than its retries).
+WRITE_PAUSE = 30.0
 
 # Claim each key unless a live worker holds it (ours again: renewed). KEYS: the claim keys;
 # ARGV[1]: this worker, ARGV[2]: the claim's backstop expiry (ms), ARGV[3]: the heartbeat's
@@ -81,16 +83,26 @@ class RedisCache(Linked):
         self.url, self.prefix = url, prefix
         self.alive_seconds, self.claim_seconds, self.ttl_seconds = alive_seconds, claim_seconds, ttl_seconds
         self._init_state()
+        self._client = connect(url)  # a URL redis-py cannot parse is refused now, not at the first request
 
     def _init_state(self) -> None:
         self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # whose claims these are
+        self._pid = os.getpid()
         self.damaged = 0
         self._client: Any = None
         self._lock = threading.Lock()
         self._held: set[bytes] = set()  # claim keys this worker holds (kept alive by _renewer)
         self._renewer: threading.Thread | None = None
-        self._closed = threading.Event()
+        self._closed = threading.Event()  # ends the running renewer (each renewer has its own)
         self._scripts: dict[str, Any] = {}
+        self._down_until = 0.0  # after a failed write, writes are skipped until then (see ``unwritable``)
+
+    def _own(self) -> None:
+        """A process forked from the one that made this cache is another worker: its own
+        identity, claims and connection (two processes that think they are one would both
+        win every claim, and both pay)."""
+        if self._pid != os.getpid():
+            self._init_state()
 
     def __repr__(self) -> str:
         return f"RedisCache({self.location!r})"
@@ -133,6 +145,7 @@ class RedisCache(Linked):
 
     # -- the Cache protocol ------------------------------------------------------------------
     def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
+        self._own()
         out: list[tuple[np.ndarray, int] | None] = []
         damaged = 0
         for start in range(0, len(keys), CHUNK):
@@ -147,9 +160,13 @@ class RedisCache(Linked):
         return out
 
     def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
-        """Store entries, one pipeline (no transaction) per ``CHUNK``; ``tag`` is not stored."""
+        """Store entries, one pipeline (no transaction) per ``CHUNK``; ``tag`` is not stored.
+        A write that fails (Redis away past the retries) raises, and the writes of the next
+        ``WRITE_PAUSE`` seconds are skipped (``unwritable``): what is fetched meanwhile is
+        returned, not cached, instead of each request waiting for Redis again."""
         if not items:
             return
+        self._own()
         sizes = {len(v) for _, v, _ in items}
         if len(sizes) == 1:
             values = encode_values([v for _, v, _ in items], [t for _, _, t in items])
@@ -164,7 +181,16 @@ class RedisCache(Linked):
                     pipe.set(self._value_key(key), value, px=px)
                 pipe.execute()
 
-        self._call("writing the cache", write)
+        try:
+            self._call("writing the cache", write)
+        except SharedCacheError:
+            self._down_until = time.monotonic() + WRITE_PAUSE
+            raise
+
+    @property
+    def unwritable(self) -> bool:
+        """True for ``WRITE_PAUSE`` seconds after a write failed."""
+        return time.monotonic() < self._down_until
 
     def stats(self) -> dict[str, Any]:
         info = self._call("reading its statistics", self.client.info, "memory")
@@ -177,10 +203,15 @@ class RedisCache(Linked):
         return None
 
     def close(self) -> None:
+        """Release this worker's claims and close the connection; the cache can be used
+        again afterwards (it reconnects, and renews new claims)."""
         self._closed.set()
+        renewer, self._renewer, self._closed = self._renewer, None, threading.Event()
+        if renewer is not None:
+            renewer.join(timeout=1.0)
         if self._held:
             self.release(list(self._held), raw=True)
-        if self._renewer is not None:
+        if renewer is not None:
             with contextlib.suppress(*redis_errors()):
                 self.client.delete(self._heartbeat_prefix + self.worker)
         if self._client is not None:
@@ -189,18 +220,30 @@ class RedisCache(Linked):
 
     # -- claims ------------------------------------------------------------------------------
     def claim(self, keys: Sequence[bytes]) -> list[bool]:
-        """Claim ``keys`` for this worker; False for a key another worker holds."""
+        """Claim ``keys`` for this worker; False for a key another worker holds, or another
+        thread of this one (it is fetching that text: wait for it)."""
+        self._own()
         won: list[bool] = []
         argv = [self.worker, str(int(self.claim_seconds * 1000)), str(int(self.alive_seconds * 1000)),
                 self._heartbeat_prefix]
         try:
             for start in range(0, len(keys), CHUNK):
                 claim_keys = [self._claim_key(k) for k in keys[start : start + CHUNK]]
-                got = self._call("claiming texts", self._script("claim"), claim_keys, argv)
-                won += [bool(g) for g in got]
+                with self._lock:  # taken here first, so two threads of this worker never both win
+                    fresh = [k not in self._held for k in claim_keys]
+                    self._held.update(k for k, f in zip(claim_keys, fresh) if f)
+                asked = [k for k, f in zip(claim_keys, fresh) if f]
+                try:
+                    got = iter(self._call("claiming texts", self._script("claim"), asked, argv) if asked else [])
+                except BaseException:
+                    with self._lock:
+                        self._held.difference_update(asked)
+                    raise
+                outcome = [bool(next(got)) if f else False for f in fresh]
                 with self._lock:
-                    self._held.update(k for k, g in zip(claim_keys, got) if g)
-                if any(got):
+                    self._held.difference_update(k for k, w, f in zip(claim_keys, outcome, fresh) if f and not w)
+                won += outcome
+                if any(outcome):
                     self._start_renewer()
         except BaseException:
             self.release([k for k, w in zip(keys, won) if w])  # the chunks claimed before the failure
@@ -211,14 +254,15 @@ class RedisCache(Linked):
         """Drop this worker's claims on ``keys`` (best effort: a claim left behind is taken
         over once this worker's heartbeat stops)."""
         claim_keys = list(keys) if raw else [self._claim_key(k) for k in keys]
-        with self._lock:
-            self._held.difference_update(claim_keys)
         try:
             for start in range(0, len(claim_keys), CHUNK):
                 chunk = claim_keys[start : start + CHUNK]
                 self._script("release")(chunk, [self.worker, ""])
         except redis_errors():
             pass
+        finally:  # only now: a thread of this worker that claims them meanwhile waits instead of winning
+            with self._lock:
+                self._held.difference_update(claim_keys)
 
     def wait(self, keys: Sequence[bytes], stop: threading.Event | None = None
              ) -> tuple[dict[int, tuple[np.ndarray, int]], list[int]]:
@@ -252,20 +296,22 @@ class RedisCache(Linked):
         with self._lock:
             if self._renewer is not None:
                 return
-            self._renewer = threading.Thread(target=self._renew, name="polars-embed-claims", daemon=True)
+            self._renewer = threading.Thread(target=self._renew, args=(self._closed,), name="polars-embed-claims",
+                                             daemon=True)
             self._renewer.start()
 
-    def _renew(self) -> None:
+    def _renew(self, closed: threading.Event) -> None:
         """While this worker holds claims: its heartbeat every third of ``alive_seconds`` (one
         command), the claims' backstop expiry every third of ``claim_seconds``."""
         beat, backstop = self.alive_seconds / 3, self.claim_seconds / 3
         heartbeat = self._heartbeat_prefix + self.worker
         renewed = time.monotonic()
-        while not self._closed.wait(beat):
+        while not closed.wait(beat):
             with self._lock:
                 held = list(self._held)
                 if not held:
-                    self._renewer = None  # the next claim starts another
+                    if self._renewer is threading.current_thread():
+                        self._renewer = None  # the next claim starts another
                     return
             try:
                 self.client.set(heartbeat, "1", px=int(self.alive_seconds * 1000))

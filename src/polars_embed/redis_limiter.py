@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import LimiterError
 from .limiter import MIN_TPM, _number
-from .redis_link import Linked, redis_errors, unreachable, where
+from .redis_link import Linked, connect, redis_errors, unreachable, where
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -107,6 +107,7 @@ class RedisLimiter(Linked):
         self.configured = (rpm or None, tpm or None)
         self.rpm, self.tpm = rpm or None, tpm or None
         self._init_state()
+        self._client = connect(url)  # a URL redis-py cannot parse is refused now, not at the first request
 
     def _init_state(self) -> None:
         self._client: Any = None
@@ -126,8 +127,10 @@ class RedisLimiter(Linked):
         self.__dict__.update(state)
         self._init_state()
 
-    def _run(self, op: str, *args: float | str, doing: str) -> float:
-        """One atomic step of the quota; returns the seconds to wait (``reserve``)."""
+    def _run(self, op: str, *args: float | str, doing: str, best_effort: bool = False) -> float:
+        """One atomic step of the quota; returns the seconds to wait (``reserve``). With
+        ``best_effort`` (what follows a paid answer), a Redis that fails is passed over: the
+        answer is kept, and the next ``reserve`` says whether Redis is back."""
         conf = ["" if v is None else repr(float(v)) for v in self.configured]
         learned = ["" if v is None else repr(float(v)) for v in (self.rpm, self.tpm)]
         argv = [op, *conf, *learned, *(a if isinstance(a, str) else repr(float(a)) for a in args), str(IDLE_SECONDS)]
@@ -136,6 +139,8 @@ class RedisLimiter(Linked):
                 self._script = self.client.register_script(_SCRIPT)  # EVALSHA, loaded again after a restart
             wait, rpm, tpm, observed = self._script(keys=[self.key], args=argv)
         except redis_errors() as exc:
+            if best_effort:
+                return 0.0
             raise LimiterError(unreachable(self.url, exc, f"keeping the shared quota ({doing})")) from None
         self.rpm, self.tpm = _number(rpm.decode()) or None, _number(tpm.decode()) or None
         self._observed = self._observed or observed == b"1"
@@ -160,7 +165,7 @@ class RedisLimiter(Linked):
     def settle(self, reserved: int, billed: int) -> None:
         """The request is answered: its billed tokens replace the estimate it reserved."""
         if self.tpm and reserved != billed:
-            self._run("settle", reserved, billed, doing="settling a request")
+            self._run("settle", reserved, billed, doing="settling a request", best_effort=True)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         values = []
@@ -169,10 +174,10 @@ class RedisLimiter(Linked):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             values += ["" if limit is None or limit < floor else repr(limit), "" if remaining is None else repr(remaining)]
         if any(values) or not self._observed:
-            self._run("observe", *values, doing="reading a response's rate-limit headers")
+            self._run("observe", *values, doing="reading a response's rate-limit headers", best_effort=True)
 
     def pause(self, seconds: float) -> None:
-        self._run("pause", seconds, doing="pausing after a 429")
+        self._run("pause", seconds, doing="pausing after a 429", best_effort=True)
 
     def claim_probe(self) -> bool:
         """True for the one worker of the cluster that sends the first request alone."""

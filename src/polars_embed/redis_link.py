@@ -7,6 +7,7 @@ naming the Redis (its password left out) and what was being done.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -18,16 +19,27 @@ RETRY_SECONDS = 10.0
 
 
 def is_redis_url(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(("redis://", "rediss://", "unix://"))
+    return isinstance(value, str) and value.lower().startswith(("redis://", "rediss://", "unix://"))
+
+
+def looks_like_url(value: object) -> bool:
+    """A ``scheme://`` string: meant as a URL, not a path (``--cache http://...`` is a mistake)."""
+    return isinstance(value, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
 
 
 def where(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without its password (in the authority or a ``password=`` query), for messages."""
+    try:
+        parts = urlsplit(url)
+        query = "&".join(p if not p.lower().startswith("password=") else "password=***"
+                         for p in parts.query.split("&")) if parts.query else ""
+        parts = parts._replace(query=query)
+        if parts.password is not None or "@" in parts.netloc:
+            host = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+        return urlunsplit(parts)
+    except ValueError:  # not a URL that parses: say only its scheme
+        return url.partition("://")[0] + "://***"
 
 
 def connect(url: str) -> Any:
