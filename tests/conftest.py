@@ -15,6 +15,7 @@ def no_home(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's cache or ledger: the default directory is a
     temporary one (a test that needs another sets its own)."""
     monkeypatch.setenv("POLARS_EMBED_CACHE", str(tmp_path_factory.mktemp("default-cache")))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))  # the notebooks' font cache
 
 
 @pytest.fixture
