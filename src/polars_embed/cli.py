@@ -85,16 +85,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="polars-embed",
-        description="Embed text columns cheaply, fast and without losing work.",
-        epilog="Exit codes: 0 done, 1 some rows failed, 2 usage, configuration, input or output error, 3 --max-cost reached, "
-        "4 output locked by another run, 5 provider failed, 130 interrupted.",
-    )
-    parser.add_argument("--version", action="version", version=f"polars-embed {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="embed a column of a Parquet/CSV/NDJSON file into Parquet",
                          description="Embed INPUT[--column] into OUTPUT (Parquet) with the embedding, "
                          "cache-hit, token, cost and error columns and provenance metadata. Streams "
@@ -136,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --engine ray: actors (default: one per CPU up to 4 for a network model, one per CPU "
                      "for a local one); --max-cost is split evenly between them")
     _add_common(run, bar=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polars-embed",
+        description="Embed text columns cheaply, fast and without losing work.",
+        epilog="Exit codes: 0 done, 1 some rows failed, 2 usage, configuration, input or output error, 3 --max-cost reached, "
+        "4 output locked by another run, 5 provider failed, 6 the shared Redis failed, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"polars-embed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_run(sub)
 
     cache = sub.add_parser("cache", help="inspect or clean the cache", description="Inspect or clean the vector cache.")
     cache_sub = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -330,7 +334,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``Embedder`` keywords of ``run``'s arguments."""
     from .batch import BatchSettings
-    from .redis_link import is_redis_url
 
     if args.engine == "ray" and (args.batch or args.dry_run):
         raise ConfigurationError(f"--engine ray does not do {'--batch' if args.batch else '--dry-run'}; drop one of them")
@@ -338,9 +341,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigurationError("--ray-address and --actors need --engine ray")
     if args.actors is not None and args.actors < 1:
         raise ConfigurationError(f"--actors must be at least 1, got {args.actors}")
-    if args.engine == "ray" and (args.rpm or args.tpm) and args.actors != 1 and not is_redis_url(args.limiter):
-        raise ConfigurationError("--rpm/--tpm with --engine ray need --limiter redis://host:port/db (one quota for "
-                                 "every actor; each would otherwise keep the whole quota to itself), or --actors 1")
+    if args.engine == "ray":  # before Ray starts
+        from .ray_engine import one_quota
+
+        one_quota({"rpm": args.rpm, "tpm": args.tpm, "limiter": args.limiter}, args.actors)
     if args.detach and not args.batch:
         raise ConfigurationError("--detach needs --batch")
     if args.batch and args.no_cache:

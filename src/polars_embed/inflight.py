@@ -104,6 +104,7 @@ def wait_shared(cache: Any, c: Any, elsewhere: list[int], stop: threading.Event)
     if len(values) + len(reclaimed) < len(elsewhere):
         raise Stopped("the run was stopped")
     stored = np.asarray([elsewhere[pos] for pos in values], dtype=np.int64)
-    good = c.lookup(stored)  # what another worker stored passes the checks of any lookup (size, finite, not zero)
+    good = c.accept(stored, list(values.values()))  # the checks of any lookup: size, finite, not zeros
     c.from_cache[stored[good]] = True
+    c.stats.cache_damaged += int((~good).sum())
     return [elsewhere[pos] for pos in reclaimed] + stored[~good].tolist()

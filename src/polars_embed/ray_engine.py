@@ -177,15 +177,22 @@ def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None)
         resolved["cache"] = str(default_cache_dir())
     elif isinstance(cache, (str, os.PathLike)) and not is_redis_url(cache):
         resolved["cache"] = str(Path(cache).resolve())
-    quota = options.get("rpm") or options.get("tpm")
-    if quota and n > 1 and not is_redis_url(options.get("limiter")):
-        msg = (f"--rpm/--tpm with {n} Ray actors need --limiter redis://host:port/db (one quota for all of "
-               f"them); without it each actor would keep the whole quota to itself")
-        raise ConfigurationError(msg)
+    one_quota(options, n)
     if n > 1 and not is_redis_url(options.get("cache")):
         log.warning("the actors share no cache in Redis (--cache redis://...): a text in two partitions embedded "
                     "at once may be paid twice, and actors on other machines do not see each other's vectors")
     return n, cpus, resolved
+
+
+def one_quota(options: dict[str, Any], actors: int | None) -> None:
+    """``rpm``/``tpm`` for several actors (or a number not known yet) need a Redis limiter:
+    each actor would otherwise keep the whole quota to itself."""
+    from .redis_link import is_redis_url
+
+    if (options.get("rpm") or options.get("tpm")) and actors != 1 and not is_redis_url(options.get("limiter")):
+        msg = ("--rpm/--tpm with several Ray actors need --limiter redis://host:port/db (one quota for all of "
+               "them; each would otherwise keep the whole quota to itself), or --actors 1")
+        raise ConfigurationError(msg)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from .fetch import Results
 from .stats import RunStats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable
+    from collections.abc import Callable, Hashable, Sequence
 
     from .cache import Cache
     from .plan import Plan
@@ -340,6 +340,15 @@ class Call:
         (counted at the first lookup, not ``again``)."""
         damaged_before = getattr(self.cache, "damaged", 0)
         found = self.cache.get_many([self.keys[i] for i in idx]) if len(idx) else []
+        good = self.accept(idx, found)
+        if not again:
+            self.stats.cache_damaged += sum(v is not None for v in found) - int(good.sum())
+            self.stats.cache_damaged += getattr(self.cache, "damaged", 0) - damaged_before
+        return good
+
+    def accept(self, idx: np.ndarray, found: Sequence[tuple[np.ndarray, int] | None]) -> np.ndarray:
+        """Fill the results of texts ``idx`` from the values ``found`` for them; which were
+        usable (of this embedder's size, finite, not all zeros)."""
         dim = self.res.vectors.shape[1]
         sized = [j for j, v in enumerate(found) if v is not None and len(v[0]) == dim]
         good = np.zeros(len(found), dtype=bool)
@@ -350,9 +359,6 @@ class Call:
             self.res.vectors[where] = mat[ok]
             self.res.tokens[where] = [found[j][1] for j, keep in zip(sized, ok) if keep]  # type: ignore[index]
             good[np.asarray(sized)[ok]] = True
-        if not again:
-            self.stats.cache_damaged += sum(v is not None for v in found) - int(good.sum())
-            self.stats.cache_damaged += getattr(self.cache, "damaged", 0) - damaged_before
         return good
 
     def account(self, price: float, wall_seconds: float) -> tuple[np.ndarray, list[Failure]]:
