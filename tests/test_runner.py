@@ -152,3 +152,15 @@ def test_rate_limited_server_is_not_stormed(make_embedder, server):
     out = pl.DataFrame({"text": texts}).with_columns(emb.expr("text"))
     check_all(out)
     assert server.count(429) <= 0.05 * server.requests
+
+
+def test_backoff_doubles_up_to_its_cap_with_bounded_jitter():
+    from tenacity import RetryCallState
+
+    from polars_embed.runner import wait_backoff
+
+    wait = wait_backoff(initial=0.25, max=20.0, jitter=0.5)
+    state = RetryCallState(None, None, (), {})
+    for attempt, floor in [(1, 0.25), (2, 0.5), (3, 1.0), (8, 20.0), (2000, 20.0)]:
+        state.attempt_number = attempt
+        assert floor <= wait(state) <= floor + 0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,6 @@ from tenacity import (
     stop_after_attempt,
     stop_after_delay,
     stop_any,
-    wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
 
@@ -82,6 +82,23 @@ class stop_malformed(stop_base):
     def __call__(self, retry_state: RetryCallState) -> bool:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         return isinstance(exc, MalformedResponse) and retry_state.attempt_number >= MALFORMED_ATTEMPTS
+
+
+class wait_backoff:
+    """Exponential backoff with jitter: ``initial * 2**(attempt - 1)``, capped at ``max``,
+    plus up to ``jitter`` seconds.
+
+    Written here rather than taken from tenacity's ``wait_exponential_jitter``, whose
+    ``multiplier`` keyword exists only from tenacity 9.2: Google's ``google-genai`` pins
+    ``tenacity<9.2``, and the first request must not crash beside it.
+    """
+
+    def __init__(self, initial: float = 0.25, max: float = 20.0, jitter: float = 0.5) -> None:
+        self.initial, self.max, self.jitter = initial, max, jitter
+
+    def __call__(self, state: RetryCallState) -> float:
+        exponent = min(state.attempt_number - 1, 64)  # 2.0**1024 overflows a float
+        return min(self.max, self.initial * 2.0**exponent) + random.uniform(0, self.jitter)
 
 
 class wait_retry_after:
@@ -181,7 +198,7 @@ class Runner:
 
         retrying = Retrying(
             stop=stop_any(stop_after_attempt(self.max_attempts), stop_after_delay(self.max_retry_seconds), stop_malformed()),
-            wait=wait_retry_after(wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5),
+            wait=wait_retry_after(wait_backoff(initial=0.25, max=20.0, jitter=0.5),
                                  min(MAX_WAIT, self.max_retry_seconds)),
             retry=retry_if_exception(is_retryable),
             sleep=self.sleep,
