@@ -15,7 +15,7 @@ import polars as pl
 from corpus import corpus
 
 from polars_embed import Embedder
-from polars_embed.pack import lower_bound
+from polars_embed.pipeline.pack import lower_bound
 from polars_embed.testing import EmbeddingServer
 
 

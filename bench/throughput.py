@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from corpus import corpus
 
 from polars_embed import Embedder, Limits
-from polars_embed.cache import DiskCache
-from polars_embed.plan import content_keys, make_plan
+from polars_embed.caches import DiskCache
+from polars_embed.pipeline.plan import content_keys, make_plan
 from polars_embed.testing import server_vector
 
 MODEL = "text-embedding-3-small"

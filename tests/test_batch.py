@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 
 from polars_embed import Embedder, ledger
-from polars_embed.batch import BatchSettings
+from polars_embed.batch.fetch import BatchSettings
 from polars_embed.errors import BatchPendingError, ConfigurationError
 from polars_embed.testing import Faults, server_vector
 
@@ -212,11 +212,11 @@ def test_two_processes_on_one_cache_pay_each_text_once(server, tmp_path, corpus)
 
 
 def test_a_claim_of_a_process_that_died_is_free_again(tmp_path):
-    from polars_embed.manifest import Manifest
+    from polars_embed.batch.manifest import Manifest
 
     manifest = Manifest(tmp_path / "batches.sqlite")
     manifest.add_paid([(b"k1", 10, 1e-7), (b"k2", 5, 5e-8)], "batch_1")
-    code = (f"from polars_embed.manifest import Manifest; "
+    code = (f"from polars_embed.batch.manifest import Manifest; "
             f"print(Manifest({str(tmp_path / 'batches.sqlite')!r}).claim_paid([b'k1', b'k2'], 'dead-run'))")
     claimed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "b'k1'" in claimed.stdout  # claimed by a process that then died before delivering

@@ -249,7 +249,7 @@ def test_api_key_not_in_repr_or_metadata(make_embedder):
 
 
 def test_large_frame_requests_stay_at_the_lower_bound(make_embedder, server):
-    from polars_embed.pack import lower_bound
+    from polars_embed.pipeline.pack import lower_bound
 
     emb = make_embedder(dimensions=8, timeout=60.0)  # big requests on a busy 2-core box: no timeout retries
     texts = [f"short row {i} " + "x " * (i % 50) for i in range(45_000)]

@@ -45,7 +45,7 @@ def test_every_call_appends_a_ledger_record(make_embedder, tmp_path):
 
 
 def _append_many(path: str, n: int) -> None:
-    from polars_embed.stats import RunStats
+    from polars_embed.pipeline.stats import RunStats
 
     led = Ledger(path)
     for i in range(n):

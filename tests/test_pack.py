@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polars_embed.pack import lower_bound, pack
+from polars_embed.pipeline.pack import lower_bound, pack
 
 
 @settings(max_examples=200, deadline=None)

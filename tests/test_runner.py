@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from polars_embed import Embedder, Limits, ProviderError, RowsFailedError
-from polars_embed.runner import RateLimiter
+from polars_embed.pipeline.runner import RateLimiter
 from polars_embed.testing import EmbeddingServer, Faults, server_vector
 
 MODEL = "text-embedding-3-small"
@@ -157,7 +157,7 @@ def test_rate_limited_server_is_not_stormed(make_embedder, server):
 def test_backoff_doubles_up_to_its_cap_with_bounded_jitter():
     from tenacity import RetryCallState
 
-    from polars_embed.runner import wait_backoff
+    from polars_embed.pipeline.runner import wait_backoff
 
     wait = wait_backoff(initial=0.25, max=20.0, jitter=0.5)
     state = RetryCallState(None, None, (), {})

@@ -139,7 +139,7 @@ class SlowLocal:
         self._lock = threading.Lock()
 
     def tokenizer(self):
-        from polars_embed.tokens import TiktokenTokenizer
+        from polars_embed.pipeline.tokens import TiktokenTokenizer
 
         return TiktokenTokenizer()
 

@@ -204,7 +204,7 @@ def test_a_closed_cache_used_again_keeps_its_claims_alive(redis):
 def test_a_redis_lost_after_an_answer_keeps_the_answer(redis, monkeypatch):
     """observe/settle/pause follow a paid answer: a Redis gone then does not lose it (the
     next reserve says so)."""
-    from polars_embed import redis_link
+    from polars_embed.scale import redis_link
 
     monkeypatch.setattr(redis_link, "RETRY_SECONDS", 0.5)
     quota = RedisLimiter(redis.url, tpm=60_000, scope="q")
@@ -221,7 +221,7 @@ def test_a_redis_lost_after_an_answer_keeps_the_answer(redis, monkeypatch):
 
 def test_urls_that_are_not_a_redis_are_refused_and_passwords_never_shown(tmp_path):
     from polars_embed import ConfigurationError, Embedder
-    from polars_embed.redis_link import where
+    from polars_embed.scale.redis_link import where
 
     assert where("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert where("redis://host/0?password=s3cret&db=1") == "redis://host/0?password=***&db=1"
@@ -326,7 +326,7 @@ def test_redis_restarted_mid_run_completes_with_right_vectors(redis):
 
 
 def test_redis_gone_for_good_stops_with_one_sentence(redis, monkeypatch):
-    from polars_embed import redis_link
+    from polars_embed.scale import redis_link
 
     monkeypatch.setattr(redis_link, "RETRY_SECONDS", 1.0)
     texts = [f"gone text {i}" for i in range(400)]
@@ -345,7 +345,7 @@ def test_redis_gone_for_good_stops_with_one_sentence(redis, monkeypatch):
 
 
 def test_actor_resources_leave_a_cpu_for_reads():
-    from polars_embed.ray_engine import actor_resources
+    from polars_embed.scale.ray_engine import actor_resources
 
     assert actor_resources(True, 2.0) == (2, 0.5)  # network actors: one per CPU up to 4, together one CPU
     assert actor_resources(True, 16.0) == (4, 1.0)

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from polars_embed.inflight import InFlight
+from polars_embed.pipeline.inflight import InFlight
 from polars_embed.testing import server_vector
 
 

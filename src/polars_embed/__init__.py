@@ -4,8 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .batch import BatchSettings
-from .cache import Cache, DiskCache, MemoryCache
+from .batch.fetch import BatchSettings
+from .caches import Cache, DiskCache, MemoryCache
+from .caches.redis import RedisCache
 from .embedder import Embedder
 from .errors import (
     BatchPendingError,
@@ -29,11 +30,10 @@ from .estimate import Estimate, estimate
 from .expr import embed_column
 from .io import read_metadata, write_parquet
 from .ledger import Ledger, ledger
+from .limiters.redis import RedisLimiter
+from .pipeline.run import Run
 from .providers import Limits
-from .ray_engine import EmbedBatch, embed_dataset
-from .redis_cache import RedisCache
-from .redis_limiter import RedisLimiter
-from .run import Run
+from .scale.ray_engine import EmbedBatch, embed_dataset
 
 __all__ = [
     "BatchPendingError",

@@ -19,10 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import polars as pl
 
-from .assemble import assemble
-from .batch import BatchFetch, BatchSettings, batch_mode
-from .budget import Budget
-from .cache import open_cache
+from .batch.fetch import BatchFetch, BatchSettings, batch_mode
+from .caches import open_cache
 from .errors import (
     BatchPendingError,
     BudgetExceededError,
@@ -30,27 +28,29 @@ from .errors import (
     ProviderError,
     SharedStateError,
 )
-from .fetch import Fetch, Results, Stage, Stopped
-from .inflight import InFlight, claim_shared, release_shared, wait_shared
 from .ledger import open_ledger
-from .limiter import shared_limiter
-from .pack import Sizing
-from .plan import as_text, content_keys, key_prefix, make_plan
-from .pricing import price_for
+from .limiters import shared_limiter
+from .pipeline.assemble import assemble
+from .pipeline.budget import Budget
+from .pipeline.fetch import Fetch, Results, Stage, Stopped
+from .pipeline.inflight import InFlight, claim_shared, release_shared, wait_shared
+from .pipeline.pack import Sizing
+from .pipeline.plan import as_text, content_keys, key_prefix, make_plan
+from .pipeline.run import Call, CallProgress, Failure, Run, failures_frame, rows_failed, run_status
+from .pipeline.runner import Runner
+from .pipeline.stats import RunStats, StatsBook
 from .providers import make_provider
-from .run import Call, CallProgress, Failure, Run, failures_frame, rows_failed, run_status
-from .runner import Runner
-from .stats import RunStats, StatsBook
+from .providers.pricing import price_for
 from .validate import check_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from .cache import Cache
-    from .fetch import Item
-    from .limiter import Limiter
+    from .caches import Cache
+    from .limiters import Limiter
+    from .pipeline.fetch import Item
+    from .pipeline.tokens import LongInputPolicy
     from .providers.base import Limits, Provider
-    from .tokens import LongInputPolicy
 
 OnError = Literal["raise", "null"]
 

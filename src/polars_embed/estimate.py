@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from .fetch import schedule
-from .plan import as_text, content_keys, make_plan
-from .tokens import prepare_inputs
+from .pipeline.fetch import schedule
+from .pipeline.plan import as_text, content_keys, make_plan
+from .pipeline.tokens import prepare_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from .embedder import Embedder
-    from .plan import Plan
-    from .tokens import Piece
+    from .pipeline.plan import Plan
+    from .pipeline.tokens import Piece
 
 
 @dataclass

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from .assemble import assemble
 from .embedder import Embedder
 from .io import atomic_file
-from .run import SliceMemo
+from .pipeline.assemble import assemble
+from .pipeline.run import SliceMemo
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Iterator
 
-    from .run import Run
+    from .pipeline.run import Run
 
 _ROW = "__polars_embed_row__"
 

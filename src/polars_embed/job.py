@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
     from .embedder import Embedder
     from .estimate import Estimate
-    from .run import Run
-    from .stats import RunStats
+    from .pipeline.run import Run
+    from .pipeline.stats import RunStats
 
 #: Partitions embedded ahead of the one being written.
 AHEAD = 2
@@ -205,8 +205,8 @@ def collect_batches(embedder: Embedder, run: Run, lf: pl.LazyFrame, column: str,
     the cache, its cost kept in the manifest), so the partitions are then written from the
     cache and each text's first row claims its cost. Without waiting (``--detach``) this
     raises ``BatchPendingError`` until every batch has ended."""
-    from .run import Run
-    from .stats import RunStats
+    from .pipeline.run import Run
+    from .pipeline.stats import RunStats
 
     assert embedder.batch is not None
     with readable(source):

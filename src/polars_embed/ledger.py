@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from .cache import default_cache_dir
+from .caches import default_cache_dir
 from .errors import LedgerError
-from .stats import RunStats
+from .pipeline.stats import RunStats
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .cache import Cache
-    from .run import Run
+    from .caches import Cache
+    from .pipeline.run import Run
 
 _FIELDS = [f for f in RunStats.__dataclass_fields__]
 _COLUMNS = ["run_id", "started_at", "ended_at", "source", "provider", "model", "dimensions", *_FIELDS, "status",

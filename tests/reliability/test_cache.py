@@ -12,7 +12,7 @@ import pytest
 
 from polars_embed import CacheError, DiskCache, Embedder
 from polars_embed.cli import main
-from polars_embed.plan import content_keys, key_prefix
+from polars_embed.pipeline.plan import content_keys, key_prefix
 from polars_embed.testing import server_vector
 
 MODEL = "text-embedding-3-small"

@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 
 from polars_embed import ConfigurationError, Embedder, RequestRefusedError, ledger
-from polars_embed.cache import encode_value
+from polars_embed.caches.base import encode_value
 from polars_embed.cli import main
-from polars_embed.plan import content_keys
+from polars_embed.pipeline.plan import content_keys
 from polars_embed.testing import EmbeddingServer, Faults, server_vector
 
 MODEL = "text-embedding-3-small"
@@ -404,7 +404,7 @@ def test_doctor_never_prints_credentials_in_a_url(server, capsys):
 
 def test_values_written_before_the_checksum_are_still_read():
     """``PEv1`` entries (no checksum) decode; a wrong length is still damaged."""
-    from polars_embed.cache import decode_value
+    from polars_embed.caches.base import decode_value
 
     v1 = b"PEv1" + (3).to_bytes(4, "little") + (2).to_bytes(4, "little") + np.ones(2, np.float32).tobytes()
     vec, tokens = decode_value(v1)

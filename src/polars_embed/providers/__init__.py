@@ -1,4 +1,7 @@
-"""Providers: OpenAI-compatible HTTP and the offline local model."""
+"""Providers: where vectors come from. The protocol is in ``base.py`` (one method that embeds a
+batch, and the limits it declares); a provider is one file (``openai``, ``local``), priced in
+``pricing.py``, and ``make_provider`` below picks one from the model name.
+"""
 
 from __future__ import annotations
 

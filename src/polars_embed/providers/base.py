@@ -14,7 +14,7 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..tokens import Tokenizer
+    from ..pipeline.tokens import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..errors import ConfigurationError
-from ..tokens import TiktokenTokenizer
+from ..pipeline.tokens import TiktokenTokenizer
 from .base import BatchResult, Limits
 
 if TYPE_CHECKING:
-    from ..tokens import Tokenizer
+    from ..pipeline.tokens import Tokenizer
 
 #: Output dimensions of known models; ``dimensions=`` overrides (text-embedding-3-* only).
 MODEL_DIMENSIONS: dict[str, int] = {

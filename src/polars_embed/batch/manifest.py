@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CacheError
+from ..errors import CacheError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 #: How long a command is retried while Redis cannot be reached (a restart takes about a second).
 RETRY_SECONDS = 10.0

@@ -25,9 +25,9 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .cache import decode_value, encode_values
-from .errors import SharedCacheError
-from .redis_link import Linked, connect, redis_errors, unreachable, where
+from ..errors import SharedCacheError
+from ..scale.redis_link import Linked, connect, redis_errors, unreachable, where
+from .base import decode_value, encode_values
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -1,21 +1,8 @@
-"""Content-addressed vector cache: ``key -> (float32 vector, token count)``.
+"""The default backend: ``diskcache`` (SQLite + files) in a local directory.
 
-Values are raw bytes in a fixed layout, never pickled objects, so opening a cache that
-came from elsewhere cannot execute code. Layout of a value (little-endian)::
-
-    b"PEv2" | uint32 token count | uint32 dim | uint32 crc32 of the floats | dim x float32
-
-(``PEv1``, written before, has no checksum and is still read.) An entry that does not
-decode -- another layout, a wrong length, a failed checksum, a pickle -- is *damaged*: it
-reads as a miss, so the text is fetched again and the entry overwritten, and it is counted
-(``damaged`` in ``stats()``). A cache that cannot be written (a full disk, a read-only
-directory) is still read; what is fetched meanwhile is returned, not cached.
-
-The interface is four methods (``get_many``, ``set_many``, ``stats``, ``close``) and
-optional ones: ``ledger_path`` (where the run ledger of this cache lives; ``None`` or absent
-for the default directory) and, for a cache shared between machines, ``claim``/``release``/
-``wait`` (texts another worker is fetching: see ``redis_cache.py``), so another backend plugs
-in without touching the pipeline.
+Values are written in the layout of ``caches/base.py``. A cache that cannot be written (a
+full disk, a read-only directory) is still read; what is fetched meanwhile is returned, not
+cached.
 """
 
 from __future__ import annotations
@@ -23,24 +10,21 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import struct
 import threading
 import warnings
-import zlib
-from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CacheError, ConfigurationError
+from ..errors import CacheError
+from .base import decode_value, encode_value, encode_values
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import polars as pl
 
-_MAGIC, _MAGIC_V1 = b"PEv2", b"PEv1"
 # An inline raw-bytes entry exactly as diskcache's Cache.set writes one (mode 1 = MODE_RAW).
 _UPSERT = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
@@ -48,59 +32,6 @@ _UPSERT = (
     " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, access_time = excluded.access_time,"
     " tag = excluded.tag, size = 0, mode = 1, filename = NULL, value = excluded.value"
 )
-_HEADER = struct.Struct("<4sIII")
-_HEADER_V1 = struct.Struct("<4sII")
-
-
-class Cache(Protocol):
-    """What the pipeline needs from a cache backend."""
-
-    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]: ...
-
-    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
-
-
-def encode_value(vector: np.ndarray, tokens: int) -> bytes:
-    vec = np.ascontiguousarray(vector, dtype="<f4").tobytes()
-    return _HEADER.pack(_MAGIC, tokens, len(vec) // 4, zlib.crc32(vec)) + vec
-
-
-def encode_values(vectors: Sequence[np.ndarray], tokens: Sequence[int]) -> list[bytes]:
-    """``encode_value`` of many vectors of one size, in one pass of numpy."""
-    if not len(vectors):
-        return []
-    mat = np.ascontiguousarray(np.stack(vectors), dtype="<f4")
-    n, dim = mat.shape
-    head = np.zeros(n, dtype=[("magic", "S4"), ("tokens", "<u4"), ("dim", "<u4"), ("crc", "<u4")])
-    head["magic"], head["tokens"], head["dim"] = _MAGIC, tokens, dim
-    head["crc"] = [zlib.crc32(row) for row in mat]
-    buf = np.empty((n, _HEADER.size + 4 * dim), dtype=np.uint8)
-    buf[:, : _HEADER.size] = head.view(np.uint8).reshape(n, _HEADER.size)
-    buf[:, _HEADER.size :] = mat.view(np.uint8)
-    return [row.tobytes() for row in buf]
-
-
-def decode_value(raw: object, *, legacy: bool = True) -> tuple[np.ndarray, int] | None:
-    """The vector and token count of a stored value; None if it is damaged (see above).
-    ``legacy=False``: a value of the first layout, which has no checksum, is refused too."""
-    if not isinstance(raw, bytes) or len(raw) < _HEADER_V1.size:
-        return None
-    if raw[:4] == _MAGIC_V1 and legacy:
-        _, tokens, dim = _HEADER_V1.unpack_from(raw)
-        if len(raw) != _HEADER_V1.size + 4 * dim:
-            return None
-        return np.frombuffer(raw, dtype="<f4", offset=_HEADER_V1.size), tokens
-    if raw[:4] != _MAGIC or len(raw) < _HEADER.size:
-        return None
-    _, tokens, dim, crc = _HEADER.unpack_from(raw)
-    if len(raw) != _HEADER.size + 4 * dim or zlib.crc32(memoryview(raw)[_HEADER.size :]) != crc:
-        return None
-    return np.frombuffer(raw, dtype="<f4", offset=_HEADER.size), tokens
-
 
 _UNWRITABLE = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT}
 
@@ -395,97 +326,3 @@ class DiskCache:
         if self._read_only is not None:
             self._read_only.close()
             self._read_only = None
-
-
-class MemoryCache:
-    """A dict-backed cache for one process (tests, throwaway notebooks); with ``max_bytes``,
-    the least recently used entries are dropped beyond that size."""
-
-    def __init__(self, max_bytes: int | None = None) -> None:
-        self.max_bytes = max_bytes
-        self._data: OrderedDict[bytes, bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        with self._lock:
-            return {"max_bytes": self.max_bytes, "data": list(self._data.items())}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_bytes"])  # type: ignore[misc]
-        self._data.update(state["data"])
-        self._bytes = sum(len(v) for v in self._data.values())
-
-    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
-        with self._lock:
-            raws = [self._data.get(k) for k in keys]
-            if self.max_bytes is not None:
-                for k, r in zip(keys, raws):
-                    if r is not None:
-                        self._data.move_to_end(k)
-        return [None if r is None else decode_value(r) for r in raws]
-
-    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
-        with self._lock:
-            for key, vector, tokens in items:
-                value = encode_value(vector, tokens)
-                old = self._data.pop(key, None)
-                self._bytes += len(value) - (len(old) if old is not None else 0)
-                self._data[key] = value
-            while self.max_bytes is not None and self._bytes > self.max_bytes and self._data:
-                self._bytes -= len(self._data.popitem(last=False)[1])
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"backend": "memory", "entries": len(self._data), "bytes": self._bytes}
-
-    def ledger_path(self) -> Path | None:
-        """No place of its own: the ledger goes to the default directory."""
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-class NoCache:
-    """``cache=False``: nothing is looked up or stored."""
-
-    def get_many(self, keys: Sequence[bytes]) -> list[tuple[np.ndarray, int] | None]:
-        return [None] * len(keys)
-
-    def set_many(self, items: Sequence[tuple[bytes, np.ndarray, int]], *, tag: str | None = None) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"backend": "none", "entries": 0, "bytes": 0}
-
-    def ledger_path(self) -> Path | None:
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-def open_cache(cache: Cache | str | os.PathLike[str] | bool | None) -> Cache:
-    """``None``/``True``: the default directory; ``False``: no cache; ``"redis://host:port/db"``:
-    a Redis many workers share (``redis_cache.RedisCache``); a path or an object."""
-    if cache is None or cache is True:
-        return DiskCache()
-    if cache is False:
-        return NoCache()
-    from .redis_link import is_redis_url, looks_like_url, where
-
-    if is_redis_url(cache):
-        from .redis_cache import RedisCache
-
-        return RedisCache(str(cache))
-    if looks_like_url(cache):
-        msg = f"cache {where(str(cache))!r} is neither a directory nor a Redis URL (redis://, rediss://, unix://)"
-        raise ConfigurationError(msg)
-    if isinstance(cache, (str, os.PathLike)):
-        return DiskCache(cache)
-    for method in ("get_many", "set_many", "stats", "close"):
-        if not callable(getattr(cache, method, None)):
-            msg = f"cache= must be a path, True/False or an object with {method}(); got {type(cache).__name__}"
-            raise CacheError(msg)
-    return cache

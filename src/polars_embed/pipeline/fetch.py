@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CacheError, ProviderError, RequestRefusedError
+from ..errors import CacheError, ProviderError, RequestRefusedError
 from .runner import status_of
 from .tokens import Piece, prepare_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from ..caches import Cache
+    from ..providers.base import BatchResult, Provider
     from .budget import Budget
-    from .cache import Cache
     from .pack import Sizing
-    from .providers.base import BatchResult, Provider
     from .runner import Runner
     from .stats import RunStats
     from .tokens import LongInputPolicy

@@ -22,9 +22,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import LimiterError
-from .limiter import MIN_TPM, _number
-from .redis_link import Linked, connect, redis_errors, unreachable, where
+from ..errors import LimiterError
+from ..scale.redis_link import Linked, connect, redis_errors, unreachable, where
+from .base import MIN_TPM, header_number
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -142,7 +142,7 @@ class RedisLimiter(Linked):
             if best_effort:
                 return 0.0
             raise LimiterError(unreachable(self.url, exc, f"keeping the shared quota ({doing})")) from None
-        self.rpm, self.tpm = _number(rpm.decode()) or None, _number(tpm.decode()) or None
+        self.rpm, self.tpm = header_number(rpm.decode()) or None, header_number(tpm.decode()) or None
         self._observed = self._observed or observed == b"1"
         return float(wait)
 
@@ -170,8 +170,8 @@ class RedisLimiter(Linked):
     def observe(self, headers: Mapping[str, str]) -> None:
         values = []
         for kind, floor in (("requests", 1), ("tokens", MIN_TPM)):
-            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
-            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            limit = header_number(headers.get(f"x-ratelimit-limit-{kind}"))
+            remaining = header_number(headers.get(f"x-ratelimit-remaining-{kind}"))
             values += ["" if limit is None or limit < floor else repr(limit), "" if remaining is None else repr(remaining)]
         if any(values) or not self._observed:
             self._run("observe", *values, doing="reading a response's rate-limit headers", best_effort=True)

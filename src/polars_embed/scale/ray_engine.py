@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from . import job
-from .embedder import Embedder
-from .errors import ConfigurationError, PolarsEmbedError
-from .fetch import Stopped
-from .stats import RunStats
+from .. import job
+from ..embedder import Embedder
+from ..errors import ConfigurationError, PolarsEmbedError
+from ..pipeline.fetch import Stopped
+from ..pipeline.stats import RunStats
 
 log = logging.getLogger("polars_embed")
 
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
-    from .job import RunResult
-    from .run import Run
+    from ..job import RunResult
+    from ..pipeline.run import Run
 
     #: What an actor returns for a batch: its output columns (None if it failed), its figures, its error.
     Result = tuple[pa.Table | None, dict[str, Any], BaseException | None]
@@ -156,7 +156,7 @@ def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None)
     them on any node: the endpoint, key and cache directory this process resolved from its
     environment (a node's environment is not the driver's), and a share of ``max_cost``
     each. No request is made."""
-    from .cache import default_cache_dir
+    from ..caches import default_cache_dir
     from .redis_link import is_redis_url
 
     probe = Embedder(**{**options, "cache": False, "ledger": False, "limiter": None})
@@ -389,8 +389,8 @@ class Accounts:
 
     def add(self, part: pl.DataFrame, outputs: pa.Table, stats: dict[str, Any], failed: dict[int, str]) -> pa.Table:
         """Fold in one partition's figures and failures; returns the partition with its outputs."""
-        from .plan import as_text, content_keys, make_plan
-        from .run import Failure
+        from ..pipeline.plan import as_text, content_keys, make_plan
+        from ..pipeline.run import Failure
 
         figures = RunStats(**stats)
         out = pl.from_arrow(outputs)

@@ -33,22 +33,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from .errors import (
+from ..errors import (
     ConfigurationError,
     LongInputError,
     PolarsEmbedError,
     ProviderError,
     RequestRefusedError,
 )
-from .run import Run
-from .runner import status_of
+from ..pipeline.run import Run
+from ..pipeline.runner import status_of
 
 if TYPE_CHECKING:
-    from .cache import Cache
-    from .embedder import Embedder
-    from .ledger import Ledger
-    from .limiter import Limiter
-    from .providers.base import BatchResult, Provider
+    from ..caches import Cache
+    from ..embedder import Embedder
+    from ..ledger import Ledger
+    from ..limiters import Limiter
+    from ..providers.base import BatchResult, Provider
 
 log = logging.getLogger("polars_embed.proxy")
 
@@ -229,9 +229,9 @@ class Proxy:
     """Answers embedding requests from the cache and the upstream (framework-free)."""
 
     def __init__(self, config: ProxyConfig, metrics: Any | None = None) -> None:
-        from .cache import open_cache
-        from .ledger import open_ledger
-        from .validate import check_number, check_settings
+        from ..caches import open_cache
+        from ..ledger import open_ledger
+        from ..validate import check_number, check_settings
 
         check_settings(rpm=config.rpm, tpm=config.tpm, price_per_million=None, max_cost=None, max_attempts=8,
                        max_workers=config.max_workers, timeout=config.timeout,
@@ -274,9 +274,9 @@ class Proxy:
 
     # -- embeddings ----------------------------------------------------------------------------
     def embedder(self, model: str, dimensions: int | None) -> Embedder:
-        from .embedder import Embedder
-        from .limiter import RateLimiter
-        from .providers import OpenAIProvider
+        from ..embedder import Embedder
+        from ..limiters import RateLimiter
+        from ..providers import OpenAIProvider
 
         with self._lock:
             emb = self._embedders.get((model, dimensions))
@@ -318,7 +318,7 @@ class Proxy:
 
     def all_cached(self, req: EmbeddingRequest) -> bool:
         """Whether every input is in the cache (a quick look, to pick the thread pool)."""
-        from .plan import content_keys
+        from ..pipeline.plan import content_keys
 
         if not all(isinstance(x, str) for x in req.inputs):
             return False
@@ -368,7 +368,7 @@ class Proxy:
     def _account(self, emb: Embedder, req: EmbeddingRequest, key: str, call: Run, texts: list[str], *,
                  hits: int) -> dict[str, str]:
         """Fold one request's figures into its key's run and the metrics; its cost header."""
-        from .plan import content_keys
+        from ..pipeline.plan import content_keys
 
         figures = call.stats.copy()
         self._run(req, key).add(figures, content_keys(list(dict.fromkeys(texts)), emb.key_prefix()), [])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
-from .errors import ConfigurationError, LongInputError
+from ..errors import ConfigurationError, LongInputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from ..caches import MemoryCache, NoCache
+from ..errors import BatchPendingError, BudgetExceededError, PolarsEmbedError, RowsFailedError
 from .assemble import hit_rows
-from .cache import MemoryCache, NoCache
-from .errors import BatchPendingError, BudgetExceededError, PolarsEmbedError, RowsFailedError
 from .fetch import Results
 from .stats import RunStats
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
 
-    from .cache import Cache
+    from ..caches import Cache
     from .plan import Plan
 
 #: Input and accounting a run keeps to recognise slices evaluated again (bytes).

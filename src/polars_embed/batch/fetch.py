@@ -29,19 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BatchPendingError, CacheError, ConfigurationError, ProviderError
-from .fetch import Stopped
-from .runner import is_retryable
-from .tokens import prepare_inputs
+from ..errors import BatchPendingError, CacheError, ConfigurationError, ProviderError
+from ..pipeline.fetch import Stopped
+from ..pipeline.runner import is_retryable
+from ..pipeline.tokens import prepare_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from .cache import Cache
-    from .fetch import Item, Results, Stage
+    from ..caches import Cache
+    from ..pipeline.fetch import Item, Results, Stage
+    from ..pipeline.stats import RunStats
+    from ..pipeline.tokens import Piece
     from .manifest import Job, Manifest
-    from .stats import RunStats
-    from .tokens import Piece
 
 TERMINAL = ("completed", "expired", "cancelled", "failed")
 log = logging.getLogger("polars_embed")
@@ -61,7 +61,7 @@ class BatchSettings:
     wait: bool = True  # False: submit, collect what ended, raise BatchPendingError (cron)
 
     def __post_init__(self) -> None:
-        from .validate import check_number
+        from ..validate import check_number
 
         for name in ("max_lines", "max_file_bytes", "enqueued_tokens", "max_in_flight", "max_tries"):
             value = getattr(self, name)
@@ -478,7 +478,7 @@ class BatchMode:
         """Beside the cache (its ledger's directory), else in the default cache directory."""
         from pathlib import Path
 
-        from .cache import default_cache_dir
+        from ..caches import default_cache_dir
         from .manifest import Manifest
 
         if self._manifest is None:

@@ -19,8 +19,8 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import (
+from .. import __version__
+from ..errors import (
     BatchPendingError,
     BudgetExceededError,
     CacheError,
@@ -197,8 +197,8 @@ def _add_batch(sub: Any) -> None:
 def cmd_batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .cache import default_cache_dir
-    from .manifest import Manifest
+    from ..batch.manifest import Manifest
+    from ..caches import default_cache_dir
 
     path = Path(args.cache or default_cache_dir()) / "batches.sqlite"
     if not path.exists():
@@ -297,7 +297,7 @@ def _add_serve(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .proxy import Keys, ProxyConfig
+    from ..serve.proxy import Keys, ProxyConfig
 
     keys = Keys(args.keys) if args.keys else None
     if args.new_key is not None:
@@ -319,7 +319,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upstream_key = os.environ.get(args.upstream_key_env)
     if not upstream_key:
         raise ConfigurationError(f"no upstream key: set {args.upstream_key_env}")
-    from .serve import serve
+    from ..serve.app import serve
 
     config = ProxyConfig(upstream_base_url=args.upstream_base_url, upstream_api_key=upstream_key, cache=args.cache,
                          keys=keys, on_long_input=args.on_long_input, rpm=args.rpm, tpm=args.tpm,
@@ -333,7 +333,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``Embedder`` keywords of ``run``'s arguments."""
-    from .batch import BatchSettings
+    from ..batch.fetch import BatchSettings
 
     if args.engine == "ray" and (args.batch or args.dry_run):
         raise ConfigurationError(f"--engine ray does not do {'--batch' if args.batch else '--dry-run'}; drop one of them")
@@ -342,7 +342,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.actors is not None and args.actors < 1:
         raise ConfigurationError(f"--actors must be at least 1, got {args.actors}")
     if args.engine == "ray":  # before Ray starts
-        from .ray_engine import one_quota
+        from ..scale.ray_engine import one_quota
 
         one_quota({"rpm": args.rpm, "tpm": args.tpm, "limiter": args.limiter}, args.actors)
     if args.detach and not args.batch:
@@ -370,11 +370,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import job
+    from .. import job
 
     if args.partition_rows < 1:
         raise ConfigurationError(f"--partition-rows must be at least 1, got {args.partition_rows}")
-    from .embedder import Embedder
+    from ..embedder import Embedder
 
     options = _options(args)
     emb = Embedder(**options)
@@ -402,7 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              extra={"fields": {"event": "start", "rows": rows, "model": emb.model}})
     try:
         if args.engine == "ray":
-            from . import ray_engine
+            from ..scale import ray_engine
 
             result = ray_engine.run(emb, options, args.input, args.output, column=args.column, name=args.name,
                                     partition_rows=args.partition_rows, address=args.ray_address,
@@ -473,7 +473,7 @@ class Progress:
     rate and cost so far (tqdm, on stderr when it is a terminal)."""
 
     def __init__(self, total: int, *, disable: bool) -> None:
-        from .stats import RunStats
+        from ..pipeline.stats import RunStats
 
         self.done = RunStats()
         self._lock = threading.Lock()
@@ -501,8 +501,8 @@ class Progress:
 def cmd_cache(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from .cache import DiskCache
-    from .show import for_terminal
+    from ..caches import DiskCache
+    from ..show import for_terminal
 
     cache = DiskCache(args.cache)
     try:
@@ -543,9 +543,9 @@ def _confirmed(args: argparse.Namespace, question: str) -> bool:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from .cache import default_cache_dir
-    from .ledger import ledger
-    from .show import for_terminal, readable_ledger
+    from ..caches import default_cache_dir
+    from ..ledger import ledger
+    from ..show import for_terminal, readable_ledger
 
     directory = args.cache or default_cache_dir()
     df = ledger(f"{directory}/ledger.sqlite").tail(args.last)
@@ -571,7 +571,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         import numpy as np
 
-        from .cache import DiskCache
+        from ..caches import DiskCache
 
         cache = DiskCache(args.cache)
         probe = b"polars-embed doctor probe"
@@ -583,14 +583,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except PolarsEmbedError as exc:
         checks.append(("cache", False, str(exc)))
     try:
-        from .tokens import TiktokenTokenizer
+        from ..pipeline.tokens import TiktokenTokenizer
 
         n = len(TiktokenTokenizer().encode_batch(["hello world"])[0])
         checks.append(("tokenizer", n == 2, "cl100k_base loads offline"))
     except Exception as exc:  # noqa: BLE001 - doctor reports, never raises
         checks.append(("tokenizer", False, str(exc)))
     try:
-        from .providers.local import LocalProvider
+        from ..providers.local import LocalProvider
 
         t = time.perf_counter()
         vec = LocalProvider().embed(["hello world"]).vectors
@@ -649,7 +649,7 @@ def for_cli(message: str) -> str:
 
 
 def _exit_code(exc: PolarsEmbedError) -> int:
-    from .job import LockedError
+    from ..job import LockedError
 
     if isinstance(exc, BudgetExceededError):
         return EXIT_BUDGET

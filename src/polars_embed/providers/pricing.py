@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .providers.base import Provider
+    from .base import Provider
 
 PRICES_PER_MILLION: dict[str, float] = {
     "text-embedding-3-small": 0.02,

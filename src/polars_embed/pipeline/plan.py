@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from .errors import ColumnTypeError
+from ..errors import ColumnTypeError
 
 KEY_VERSION = 1
 

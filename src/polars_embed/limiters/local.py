@@ -1,50 +1,17 @@
-"""Stay under a requests/min and tokens/min quota: the ``Limiter`` protocol and the local
-token-bucket implementation, plus the adaptive cap on requests in flight.
-
-A limiter is shared by every thread of an embedder (another implementation can share it
-between machines). It learns the quota from the server's ``x-ratelimit-*`` headers when
-none is configured; until then, the first request of an embedder goes alone (the probe)
-and the others wait for its answer, so a run starts at the quota instead of storming it.
+"""The local limiter: token buckets in this process (``RateLimiter``), and the adaptive cap on
+requests in flight (``AdaptiveConcurrency``).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+from .base import MIN_TPM, header_number
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-
-
-#: A tokens/min limit below this, said by a server, is not believed (no API's quota is as small;
-#: at 100 tokens/min a 3,000-token request would wait half an hour).
-MIN_TPM = 1000
-
-
-class Limiter(Protocol):
-    """What a run needs from a rate limiter."""
-
-    rpm: float | None  # requests per minute, configured or learned (None: unknown or none)
-    tpm: float | None  # tokens per minute
-
-    @property
-    def knows_quota(self) -> bool: ...
-
-    def acquire(self, tokens: int) -> float: ...
-
-    def settle(self, reserved: int, billed: int) -> None: ...
-
-    def observe(self, headers: Mapping[str, str]) -> None: ...
-
-    def pause(self, seconds: float) -> None: ...
-
-    def claim_probe(self) -> bool: ...
-
-    def end_probe(self) -> None: ...
-
-    def wait_for_quota(self) -> None: ...
 
 
 class RateLimiter:
@@ -106,8 +73,8 @@ class RateLimiter:
             if headers:
                 self._refill(self._clock())
                 for kind in ("requests", "tokens"):
-                    limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
-                    remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+                    limit = header_number(headers.get(f"x-ratelimit-limit-{kind}"))
+                    remaining = header_number(headers.get(f"x-ratelimit-remaining-{kind}"))
                     attr, level = ("rpm", "_req") if kind == "requests" else ("tpm", "_tok")
                     if limit is not None and limit < (1 if kind == "requests" else MIN_TPM):
                         limit = None  # no API's quota is this small: a header that says so is ignored
@@ -183,15 +150,6 @@ class RateLimiter:
             waited += wait
 
 
-def _number(value: str | None) -> float | None:
-    """A header's number, if it is one a quota can be: finite and not negative."""
-    try:
-        number = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and math.isfinite(number) and number >= 0 else None
-
-
 class AdaptiveConcurrency:
     """How many requests may be in flight: halved on a 429, grown by one per success.
 
@@ -225,20 +183,3 @@ class AdaptiveConcurrency:
             elif self.limit < self.maximum:
                 self.limit += 1
             self._cond.notify_all()
-
-
-def shared_limiter(limiter: Limiter | str | None, rpm: float | None, tpm: float | None, provider: Any) -> Limiter | None:
-    """``limiter="redis://host:port/db"``: one quota in Redis for every worker that names it,
-    per endpoint and model (``redis_limiter.RedisLimiter``); a ``Limiter`` object as it is."""
-    if not isinstance(limiter, str):
-        return limiter
-    from .redis_link import is_redis_url, where
-
-    if not is_redis_url(limiter):
-        from .errors import ConfigurationError
-
-        raise ConfigurationError(f"limiter= must be a Limiter object or a redis:// URL, got {where(limiter)!r}")
-    from .redis_limiter import RedisLimiter
-
-    scope = f"{getattr(provider, 'endpoint', None) or provider.name} {provider.model}"
-    return RedisLimiter(limiter, rpm, tpm, scope=scope)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .limiter import Limiter
-    from .providers.base import Limits
+    from ..limiters import Limiter
+    from ..providers.base import Limits
     from .tokens import Piece
 
 

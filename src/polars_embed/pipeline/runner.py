@@ -26,14 +26,14 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from .errors import PolarsEmbedError, ProviderError
-from .limiter import AdaptiveConcurrency, RateLimiter
-from .providers.openai import MalformedResponse
+from ..errors import PolarsEmbedError, ProviderError
+from ..limiters import AdaptiveConcurrency, RateLimiter
+from ..providers.openai import MalformedResponse
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .limiter import Limiter
+    from ..limiters import Limiter
 
 
 def status_of(exc: BaseException) -> int | None:

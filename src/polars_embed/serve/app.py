@@ -13,7 +13,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 from .proxy import ANONYMOUS, OpenAIError, Proxy, ProxyConfig, parse_request
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .errors import BudgetExceededError
+from ..errors import BudgetExceededError
 
 
 class Budget:
