@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 
 from polars_embed import Embedder, ledger
-from polars_embed.batch.fetch import BatchSettings
+from polars_embed.batch import BatchSettings
 from polars_embed.errors import BatchPendingError, ConfigurationError
 from polars_embed.testing import Faults, server_vector
 

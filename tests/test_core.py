@@ -200,17 +200,17 @@ def test_lazy_and_streaming_cold_runs_report_real_costs(make_embedder, server):
 
 
 def test_function_runs_once_per_slice(make_embedder, server, monkeypatch):
-    import polars_embed.expr
+    import polars_embed.frames
 
     emb = make_embedder(cache=False)
     calls = []
-    original = polars_embed.expr.evaluate_slice
+    original = polars_embed.frames.evaluate_slice
 
     def counting(emb, series, *args, **kw):
         calls.append(len(series))
         return original(emb, series, *args, **kw)
 
-    monkeypatch.setattr(polars_embed.expr, "evaluate_slice", counting)
+    monkeypatch.setattr(polars_embed.frames, "evaluate_slice", counting)
     df = pl.DataFrame({"text": [f"t{i}" for i in range(1000)]})
     df.with_columns(emb.expr("text"))
     assert sum(calls) == 1000

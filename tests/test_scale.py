@@ -508,7 +508,7 @@ def _collect(ds) -> pl.DataFrame:
 
 def test_a_shared_redis_that_fails_for_good_is_exit_code_6():
     from polars_embed import LimiterError, SharedCacheError
-    from polars_embed.cli import _exit_code
+    from polars_embed.cli.common import exit_code as _exit_code
 
     assert _exit_code(SharedCacheError("the Redis at redis://h:1/0 failed while reading the cache")) == 6
     assert _exit_code(LimiterError("the Redis at redis://h:1/0 failed while keeping the shared quota")) == 6

@@ -14,8 +14,9 @@ import polars as pl
 import pytest
 
 from polars_embed import Embedder, ledger
-from polars_embed.serve.proxy import Keys, ProxyConfig
 from polars_embed.serve.app import Serving
+from polars_embed.serve.keys import Keys
+from polars_embed.serve.proxy import ProxyConfig
 from polars_embed.testing import EmbeddingServer, Faults, server_vector
 
 MODEL = "text-embedding-3-small"

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from polars_embed import Limits, LongInputError
-from polars_embed.testing import EmbeddingServer, server_vector
 from polars_embed.pipeline.tokens import TiktokenTokenizer, prepare_inputs
+from polars_embed.testing import EmbeddingServer, server_vector
 
 LONG = "word " * 10_000  # 10,000 tokens: over the 8,192 limit
 

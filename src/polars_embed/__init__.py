@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .batch.fetch import BatchSettings
+from .batch import BatchSettings
 from .caches import Cache, DiskCache, MemoryCache
 from .caches.redis import RedisCache
 from .embedder import Embedder

@@ -1,8 +1,8 @@
 """``Embedder``: configuration, cache, provider, pool, limiter and statistics in one object.
 
 ``Embedder.embed(series)`` runs the pipeline on one slice of a column, top to bottom:
-plan (``plan.py``) -> cache lookup -> fetch the misses (``fetch.py``) -> assemble
-(``assemble.py``). Every call belongs to a run (``run.py``): its own, the expression's, or
+plan (``pipeline/plan.py``) -> cache lookup -> fetch the misses (``pipeline/fetch.py``) -> assemble
+(``pipeline/assemble.py``). Every call belongs to a run (``pipeline/run.py``): its own, the expression's, or
 the open ``with embedder.run():`` block. It is thread-safe (the streaming engine calls it
 from several threads at once) and picklable (clients, pools and cache handles are opened
 lazily and dropped on pickling).
@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import polars as pl
 
-from .batch.fetch import BatchFetch, BatchSettings, batch_mode
+from . import frames
+from .batch import BatchSettings, batch_mode
+from .batch.fetch import BatchFetch
 from .caches import open_cache
 from .errors import (
     BatchPendingError,
@@ -96,7 +98,7 @@ class Embedder:
         Where each run writes its record (the cache's ledger, else the default cache
         directory; a path; ``False`` for none), and the name it is recorded under.
     mode, batch
-        ``"batch"``: misses go out as Batch API jobs at half the price; ``BatchSettings`` (``batch.py``).
+        ``"batch"``: misses go out as Batch API jobs at half the price; ``BatchSettings`` (``batch/mode.py``).
     """
 
     def __init__(
@@ -188,7 +190,7 @@ class Embedder:
         self._init_state()
 
     def key_prefix(self) -> Any:
-        """The cache keys' hasher for this embedder's texts (see ``plan.py``)."""
+        """The cache keys' hasher for this embedder's texts (see ``pipeline/plan.py``)."""
         namespace = getattr(self.provider, "cache_namespace", "") if self.cache_namespace is None else self.cache_namespace
         return key_prefix(self.provider.name, self.model, self.dimensions, namespace)
 
@@ -293,24 +295,18 @@ class Embedder:
 
     # -- Polars surface ------------------------------------------------------------------
     def expr(self, column: str | pl.Expr, *, name: str = "embedding", row_index: str | None = None) -> pl.Expr:
-        """The expression ``embed_column`` returns; one expression is one run (see ``expr.py``)."""
-        from .expr import embedder_expr
-
-        return embedder_expr(self, column, name=name, row_index=row_index)
+        """The expression ``embed_column`` returns; one expression is one run (see ``frames.py``)."""
+        return frames.embedder_expr(self, column, name=name, row_index=row_index)
 
     def collect(self, frame: pl.DataFrame | pl.LazyFrame, column: str, *, name: str = "embedding",
                 engine: Any = "auto") -> pl.DataFrame:
         """``frame`` with the output columns added, as one run whose rows are the frame's."""
-        from .expr import collect
-
-        return collect(self, frame, column, name=name, engine=engine)
+        return frames.collect(self, frame, column, name=name, engine=engine)
 
     def sink_parquet(self, frame: pl.DataFrame | pl.LazyFrame, column: str, path: str | os.PathLike[str], *,
                      name: str = "embedding") -> None:
         """Stream ``frame`` with the output columns into ``path`` (atomically, with metadata)."""
-        from .expr import sink_parquet
-
-        sink_parquet(self, frame, column, path, name=name)
+        frames.sink_parquet(self, frame, column, path, name=name)
 
     # -- the pipeline --------------------------------------------------------------------
     def embed(self, series: pl.Series, *, name: str = "embedding", column: str | None = None,

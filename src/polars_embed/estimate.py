@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from .pipeline.fetch import schedule
+from .pipeline.pack import schedule
 from .pipeline.plan import as_text, content_keys, make_plan
 from .pipeline.tokens import prepare_inputs
 
@@ -62,7 +62,7 @@ class Estimate:
 def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str = "text") -> Estimate:
     """Estimate over slices of one column (as ``polars-embed run`` embeds them); texts
     repeated across slices count once. Requests are counted by the schedule a run uses
-    (``fetch.schedule``), the quota probe of a first call included."""
+    (``pack.schedule``), the quota probe of a first call included."""
     est = Estimate()
     sample: list[str] = []  # a few texts to time a local model on
     seen: set[bytes] = set()

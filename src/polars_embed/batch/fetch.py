@@ -1,6 +1,6 @@
 """Batch mode: the texts the cache did not have go out as Batch API jobs at half the price.
 
-``BatchFetch`` is the batch twin of ``fetch.Fetch`` (same inputs, same ``Results``): the
+``BatchFetch`` is the batch twin of ``pipeline.fetch.Fetch`` (same inputs, same ``Results``): the
 texts are tokenized (truncated or refused as the long-input policy says), written one per
 line with their content key as ``custom_id`` into JSONL files of at most 50,000 lines and
 200 MB, uploaded (``purpose="batch"``) and created as batches (``/v1/embeddings``, 24h),
@@ -17,22 +17,17 @@ which also halves the budget) is queued again, up to ``max_tries`` times per tex
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import json
 import logging
 import threading
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import BatchPendingError, CacheError, ConfigurationError, ProviderError
+from ..errors import BatchPendingError, CacheError, ProviderError
 from ..pipeline.fetch import Stopped
-from ..pipeline.runner import is_retryable
 from ..pipeline.tokens import prepare_inputs
+from .api import BatchAPI
+from .lines import read_output, request_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -42,34 +37,10 @@ if TYPE_CHECKING:
     from ..pipeline.stats import RunStats
     from ..pipeline.tokens import Piece
     from .manifest import Job, Manifest
+    from .mode import BatchSettings
 
 TERMINAL = ("completed", "expired", "cancelled", "failed")
 log = logging.getLogger("polars_embed")
-
-
-@dataclass
-class BatchSettings:
-    """Limits and pacing of batch mode (the Batch API's limits by default)."""
-
-    max_lines: int = 50_000  # requests (= inputs: one text a line) per batch
-    max_file_bytes: int = 200 * 2**20
-    enqueued_tokens: int = 20_000_000  # your organization's enqueued-token limit for the model
-    max_in_flight: int = 4  # batches submitted and not ended
-    poll_seconds: float = 30.0  # first wait between polls; grows 1.5x while nothing ends
-    max_poll_seconds: float = 600.0
-    max_tries: int = 3  # batches a text may go out in before it fails for good
-    wait: bool = True  # False: submit, collect what ended, raise BatchPendingError (cron)
-
-    def __post_init__(self) -> None:
-        from ..validate import check_number
-
-        for name in ("max_lines", "max_file_bytes", "enqueued_tokens", "max_in_flight", "max_tries"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                msg = f"{name} must be a whole number of at least 1, got {value!r}"
-                raise ConfigurationError(msg)
-        for name in ("poll_seconds", "max_poll_seconds"):
-            check_number(name, getattr(self, name), above=0, unit=" (seconds)")
 
 
 class BatchFetch:
@@ -102,6 +73,7 @@ class BatchFetch:
         self.describe, self.on_stored = describe, on_stored
         self.stop = stop or threading.Event()
         self.provider: Any = stage.provider
+        self.api = BatchAPI(self.provider)
         self.tag = f"{stage.tag}@{getattr(self.provider, 'cache_namespace', '')}"
         self.index = {keys[int(i)]: int(i) for i in todo}
         self.want: dict[bytes, Piece] = {}
@@ -155,11 +127,8 @@ class BatchFetch:
 
     # -- submit --------------------------------------------------------------------------------
     def line(self, piece: Piece) -> bytes:
-        body: dict[str, Any] = {"model": self.provider.model, "input": piece.text, "encoding_format": "base64"}
-        if getattr(self.provider, "_send_dimensions", False):
-            body["dimensions"] = self.provider.dimensions
-        custom_id = self.keys[piece.owner].hex()
-        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": body}).encode()
+        dimensions = self.provider.dimensions if getattr(self.provider, "_send_dimensions", False) else None
+        return request_line(self.keys[piece.owner], self.provider.model, dimensions, piece.text)
 
     def submit(self, live: list[Job]) -> None:
         """New jobs from the queue while the budget and the in-flight bound allow."""
@@ -207,33 +176,16 @@ class BatchFetch:
             in_flight += job.tokens
 
     def upload(self, job: Job, data: bytes) -> None:
-        client = self.provider.client()
         self.manifest.step(job, "uploading")
-        f = self.call(lambda: client.files.create(file=(job.filename, data), purpose="batch"))
-        self.manifest.step(job, "uploaded", file_id=f.id)
+        self.manifest.step(job, "uploaded", file_id=self.api.upload(job.filename, data))
         self.create(job)
 
     def create(self, job: Job) -> None:
-        client = self.provider.client()
         self.manifest.step(job, "creating")
-        b = self.call(lambda: client.batches.create(input_file_id=job.file_id, endpoint="/v1/embeddings",
-                                                    completion_window="24h", metadata={"polars_embed_job": job.job}))
-        self.manifest.step(job, "submitted", batch_id=b.id)
-        self.batch_ids.append(b.id)
-        log.info(f"batch {b.id} submitted: {job.lines:,} texts, {job.tokens:,} tokens")
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """A Batch API call, retried a few times on what is worth retrying."""
-        for attempt in range(6):
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - sorted by is_retryable; ours is raised
-                if attempt == 5 or not is_retryable(exc):
-                    redact = getattr(self.provider, "redact", str)
-                    msg = f"the Batch API failed: {redact(str(exc))}"
-                    raise ProviderError(msg, status_code=getattr(exc, "status_code", None)) from None
-                time.sleep(min(30.0, 0.5 * 2**attempt))
-        raise AssertionError("unreachable")
+        batch_id = self.api.create(job.file_id or "", job.job)
+        self.manifest.step(job, "submitted", batch_id=batch_id)
+        self.batch_ids.append(batch_id)
+        log.info(f"batch {batch_id} submitted: {job.lines:,} texts, {job.tokens:,} tokens")
 
     # -- re-attach -----------------------------------------------------------------------------
     def attach(self) -> list[Job]:
@@ -312,31 +264,26 @@ class BatchFetch:
 
     def find_file(self, job: Job) -> bool:
         """An upload cut short may have landed: found by its name, it is not sent again."""
-        client = self.provider.client()
-        for f in self.call(lambda: list(client.files.list(purpose="batch"))):
-            if f.filename == job.filename:
-                self.manifest.step(job, "uploaded", file_id=f.id)
-                return True
-        return False
+        file_id = self.api.find_file(job.filename)
+        if file_id is not None:
+            self.manifest.step(job, "uploaded", file_id=file_id)
+        return file_id is not None
 
     def find_batch(self, job: Job) -> bool:
         """A create cut short may have landed: found by its metadata, it is not created again."""
-        client = self.provider.client()
-        for b in self.call(lambda: list(client.batches.list(limit=100))):
-            if (b.metadata or {}).get("polars_embed_job") == job.job:
-                self.manifest.step(job, "submitted", batch_id=b.id)
-                self.batch_ids.append(b.id)
-                return True
-        return False
+        batch_id = self.api.find_batch(job.job)
+        if batch_id is not None:
+            self.manifest.step(job, "submitted", batch_id=batch_id)
+            self.batch_ids.append(batch_id)
+        return batch_id is not None
 
     # -- poll and ingest -----------------------------------------------------------------------
     def poll(self, live: list[Job]) -> bool:
         """Look at every live batch once; ingest those that ended. True if one ended."""
-        client = self.provider.client()
         ended = False
         for job in list(live):
             try:
-                b = self.call(functools.partial(client.batches.retrieve, job.batch_id))
+                b = self.api.retrieve(job.batch_id or "")
             except ProviderError as exc:
                 if exc.status_code != 404:
                     raise
@@ -382,24 +329,7 @@ class BatchFetch:
         self.manifest.end(job, batch.status, None if batch.status == "completed" else reason)
 
     def read(self, file_id: str, answered: dict[bytes, tuple[np.ndarray, int]], refused: dict[bytes, str]) -> None:
-        client = self.provider.client()
-        data = self.call(lambda: client.files.content(file_id).content)
-        dim, max_tokens = self.provider.dimensions, self.provider.limits.max_input_tokens
-        for raw in data.splitlines():
-            try:
-                rec = json.loads(raw)
-                key = bytes.fromhex(rec["custom_id"])
-            except (ValueError, KeyError, TypeError):
-                continue  # not a line of ours
-            response = rec.get("response") or {}
-            code = response.get("status_code")
-            if code == 200:
-                value = _vector(response.get("body"), dim, max_tokens)
-                if value is not None:
-                    answered[key] = value
-            elif isinstance(code, int) and 400 <= code < 500 and code != 429:
-                error = ((response.get("body") or {}).get("error") or {}).get("message") or f"HTTP {code}"
-                refused[key] = f"refused by the Batch API ({code}): {error}"
+        read_output(self.api.content(file_id), self.provider.dimensions, self.provider.limits.max_input_tokens, answered, refused)
 
     def store(self, answered: dict[bytes, tuple[np.ndarray, int]], batch_id: str) -> None:
         """Answers into the manifest's ``paid`` (first: a kill after the cache write cannot
@@ -451,76 +381,3 @@ class BatchFetch:
             self.queued[key] = None
 
 
-def _vector(body: Any, dim: int, max_tokens: int) -> tuple[np.ndarray, int] | None:
-    """The vector and tokens of one answered line, or None if it cannot be true (queued again)."""
-    try:
-        emb = body["data"][0]["embedding"]
-        tokens = int(body["usage"]["prompt_tokens"])
-        vec = np.frombuffer(base64.b64decode(emb), "<f4") if isinstance(emb, str) else np.asarray(emb, np.float32)
-    except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
-        return None
-    if vec.shape != (dim,) or not np.isfinite(vec).all() or not vec.any() or not 0 <= tokens <= max_tokens:
-        return None
-    return vec.astype(np.float32), tokens
-
-
-class BatchMode:
-    """What the batch fetches of one embedder share: settings, manifest, refused texts."""
-
-    def __init__(self, settings: BatchSettings) -> None:
-        self.settings = settings
-        self.refused: dict[bytes, str] = {}
-        self.prefetch = False  # set by ``polars-embed run --batch`` while it collects (see ``job.py``)
-        self.defer = False  # claims settled when the run's output is in place (``job.py``)
-        self._manifest: Manifest | None = None
-
-    def manifest(self, cache: Cache) -> Manifest:
-        """Beside the cache (its ledger's directory), else in the default cache directory."""
-        from pathlib import Path
-
-        from ..caches import default_cache_dir
-        from .manifest import Manifest
-
-        if self._manifest is None:
-            where = getattr(cache, "ledger_path", None)
-            path = where() if callable(where) else None
-            self._manifest = Manifest((Path(path).parent if path else default_cache_dir()) / "batches.sqlite")
-        return self._manifest
-
-    def options(self, cache: Cache, run: Any) -> dict[str, Any]:
-        return {"manifest": self.manifest(cache), "settings": self.settings, "refused": self.refused,
-                "batch_ids": run.batch_ids, "prefetch": self.prefetch}
-
-    def claim(self, cache: Cache, call: Any) -> None:
-        """The rows of ``call`` show what batches paid for their texts and no row has shown
-        yet (collected earlier, maybe by another process): a cached text's first row takes
-        its cost. Settled at once, or with ``defer`` when ``settle`` is called (once
-        ``polars-embed run``'s output is in place; ``release`` if it never is)."""
-        if self.prefetch:
-            return
-        keys = [k for i, k in enumerate(call.keys) if i not in call.res.errors]
-        paid = self.manifest(cache).claim_paid(keys, call.run.run_id) if keys else {}
-        where = {k: i for i, k in enumerate(call.keys)} if paid else {}
-        for key, value in paid.items():
-            i = where[key]
-            if call.from_cache[i] or not call.res.cost[i]:  # cached, or fetched by another process
-                call.stats.misses += int(call.from_cache[i])
-                call.from_cache[i] = False
-                call.res.tokens[i], call.res.cost[i] = value
-                call.stats.tokens_billed += value[0]
-                call.stats.cost_usd += value[1]
-        if paid and not self.defer:
-            self.manifest(cache).settle(call.run.run_id)
-
-
-def batch_mode(provider: Any, mode: str, settings: BatchSettings | None, on_long_input: str) -> BatchMode | None:
-    """The batch state of an embedder in ``mode``, or None for synchronous requests."""
-    if mode != "batch":
-        if settings is not None:
-            raise ConfigurationError("batch= settings need mode='batch'")
-        return None
-    if not callable(getattr(provider, "client", None)):
-        raise ConfigurationError("mode='batch' needs the OpenAI Batch API (or a server that has it), not a local model")
-    if on_long_input == "chunk":
-        raise ConfigurationError("mode='batch' sends one line per text, so not on_long_input='chunk': use 'truncate' or 'error'")
-    return BatchMode(settings or BatchSettings())

@@ -1,5 +1,5 @@
 """The batch manifest: what was uploaded and created on the Batch API, written **before**
-each step, so a process killed at any point re-attaches on rerun (``batch.py``).
+each step, so a process killed at any point re-attaches on rerun (``batch/fetch.py``).
 
 SQLite beside the cache (``batches.sqlite``), one short transaction per step. A job (one
 input file, one batch) goes ``prepared`` (its content keys written, nothing sent) ->

@@ -1,7 +1,7 @@
 """A cache in Redis that many workers share (``cache="redis://host:port/db"``).
 
 The same content keys as the disk cache (scoped by provider, model and dimensions), under
-``<prefix>:v:``; values in the same layout (``cache.encode_value``: a header, the token
+``<prefix>:v:``; values in the same layout (``caches.base.encode_value``: a header, the token
 count, a CRC32, float32 bytes), never pickles. An entry that does not decode is a miss,
 fetched again and overwritten. Reads are ``MGET`` of up to ``CHUNK`` keys; writes one
 pipeline a request.

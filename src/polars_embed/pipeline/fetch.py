@@ -1,7 +1,7 @@
 """The fetch stage: one object per call embeds the texts the cache did not have.
 
-``Fetch.run()`` tokenizes the texts, packs them into requests (``schedule``, with the
-request sizes of ``pack.Sizing``), sends each from the embedder's pool under its limiter
+``Fetch.run()`` tokenizes the texts, packs them into requests (``pack.schedule``, with
+the request sizes of ``pack.Sizing``), sends each from the embedder's pool under its limiter
 and retries (``Runner``), and folds every answer into the call's ``Results``; each finished
 request is written to the cache at once, so a crash or Ctrl-C loses at most the requests in
 flight. A request refused because of one of its inputs (400/422) is bisected down to the
@@ -10,7 +10,6 @@ offending rows (``Fetch.bisect``).
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
@@ -20,11 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import CacheError, ProviderError, RequestRefusedError
+from .pack import schedule
 from .runner import status_of
 from .tokens import Piece, prepare_inputs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
 
     from ..caches import Cache
     from ..providers.base import BatchResult, Provider
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
     from .stats import RunStats
     from .tokens import LongInputPolicy
 
-#: Inputs of the quota probe, when the job has a request to spare: its answer comes back
-#: at the latency floor, and every other request waits for it.
-PROBE_INPUTS = 16
 #: The token count of a piece sent before it was counted (``Fetch.untokenized``).
 UNCOUNTED = -1
 #: (cache key, vector, tokens) of a text whose every piece is back.
@@ -80,62 +77,6 @@ class Results:
     @classmethod
     def empty(cls, n: int, dim: int) -> Results:
         return cls(np.zeros((n, dim), np.float32), np.zeros(n, np.int64), np.zeros(n, np.float64))
-
-
-def schedule(
-    todo: np.ndarray,
-    tokenize: Callable[[np.ndarray], list[Piece]],
-    sizing: Sizing,
-    *,
-    stream: bool,
-    probe: bool,
-    check_first: bool,
-    untokenized: Callable[[np.ndarray], list[Piece] | None] | None = None,
-) -> Iterator[list[list[Piece]]]:
-    """The requests of one call in the order they may leave, tokenizing as it goes.
-
-    The first item is the head request alone: it leaves while the rest is tokenized (and,
-    with ``probe``, goes alone until its answer tells the quota). Then:
-
-    * a job that fits one request per worker, for a provider that waits on the network
-      (``stream``), sends each next request's worth as soon as it is tokenized: the server
-      works while the client counts. Probing, the head is a few inputs. A request's worth
-      that ``untokenized`` accepts leaves at once, to be counted when its answer is in.
-    * anything bigger, or a model on this machine's cores, is packed as a whole after the
-      head, which keeps it at the lower bound of requests.
-    * ``check_first`` (``on_long_input="error"``): every text is tokenized, so every row is
-      checked, before anything is paid for.
-    """
-    n = len(todo)
-    if check_first:
-        head, *rest = sizing.requests(tokenize(todo))
-        yield [head]
-        if rest:
-            yield rest
-        return
-    size = sizing.split_size(n)
-    first, later = tokenize(todo[:size]), todo[size:]
-    parts = math.ceil(n / size)
-    bound = sizing.bound(n, sum(p.tokens for p in first) * n / min(size, n))
-    by_segment = stream and bound <= parts
-    rest_of_first: list[Piece] = []
-    if by_segment and probe and bound < parts:  # a few inputs find the quota out sooner
-        cut = min(PROBE_INPUTS, max(1, len(first) // 4))
-        first, rest_of_first = first[:cut], first[cut:]
-    head, *spill = sizing.requests(first, min_requests=1)
-    yield [head]
-    if by_segment:
-        spilled = [r for pieces in (*spill, rest_of_first) for r in sizing.requests(pieces, min_requests=1)]
-        if spilled:
-            yield spilled
-        for start in range(0, len(later), size):
-            segment = later[start : start + size]
-            quick = untokenized(segment) if untokenized is not None else None
-            yield [quick] if quick else sizing.requests(tokenize(segment), min_requests=1)
-    else:
-        remaining = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
-        if remaining:
-            yield sizing.requests(remaining)
 
 
 class Fetch:

@@ -2,7 +2,7 @@
 
 The streaming engine embeds slices in parallel, and two slices often share texts. The
 first call to claim a text fetches it; the others wait for its vector instead of paying.
-Between processes and machines, a cache with claims (``redis_cache.RedisCache``) does the
+Between processes and machines, a cache with claims (``caches.redis.RedisCache``) does the
 same (``claim_shared``, ``wait_shared``).
 """
 

@@ -1,8 +1,9 @@
 """Request sizing, in one place: how many inputs and tokens each request carries.
 
 ``pack`` groups inputs under every limit at once; ``Sizing`` decides the limits a request
-gets (the provider's, smaller under a tokens/min quota, split so the pool is used) and is
-what both a run (``fetch.py``) and ``estimate()`` pack with.
+gets (the provider's, smaller under a tokens/min quota, split so the pool is used) and
+``schedule`` the order requests leave in: both a run (``fetch.py``) and ``estimate()`` pack
+with them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
+
+    import numpy as np
 
     from ..limiters import Limiter
     from ..providers.base import Limits
@@ -130,3 +133,64 @@ class Sizing:
         groups = pack([p.tokens for p in pieces], max_inputs=self.limits.max_inputs, max_tokens=max_tokens,
                       min_requests=self.parts(len(pieces), min_requests))
         return [[pieces[i] for i in g] for g in groups]
+
+
+#: Inputs of the quota probe, when the job has a request to spare: its answer comes back
+#: at the latency floor, and every other request waits for it.
+PROBE_INPUTS = 16
+
+
+def schedule(
+    todo: np.ndarray,
+    tokenize: Callable[[np.ndarray], list[Piece]],
+    sizing: Sizing,
+    *,
+    stream: bool,
+    probe: bool,
+    check_first: bool,
+    untokenized: Callable[[np.ndarray], list[Piece] | None] | None = None,
+) -> Iterator[list[list[Piece]]]:
+    """The requests of one call in the order they may leave, tokenizing as it goes.
+
+    The first item is the head request alone: it leaves while the rest is tokenized (and,
+    with ``probe``, goes alone until its answer tells the quota). Then:
+
+    * a job that fits one request per worker, for a provider that waits on the network
+      (``stream``), sends each next request's worth as soon as it is tokenized: the server
+      works while the client counts. Probing, the head is a few inputs. A request's worth
+      that ``untokenized`` accepts leaves at once, to be counted when its answer is in.
+    * anything bigger, or a model on this machine's cores, is packed as a whole after the
+      head, which keeps it at the lower bound of requests.
+    * ``check_first`` (``on_long_input="error"``): every text is tokenized, so every row is
+      checked, before anything is paid for.
+    """
+    n = len(todo)
+    if check_first:
+        head, *rest = sizing.requests(tokenize(todo))
+        yield [head]
+        if rest:
+            yield rest
+        return
+    size = sizing.split_size(n)
+    first, later = tokenize(todo[:size]), todo[size:]
+    parts = math.ceil(n / size)
+    bound = sizing.bound(n, sum(p.tokens for p in first) * n / min(size, n))
+    by_segment = stream and bound <= parts
+    rest_of_first: list[Piece] = []
+    if by_segment and probe and bound < parts:  # a few inputs find the quota out sooner
+        cut = min(PROBE_INPUTS, max(1, len(first) // 4))
+        first, rest_of_first = first[:cut], first[cut:]
+    head, *spill = sizing.requests(first, min_requests=1)
+    yield [head]
+    if by_segment:
+        spilled = [r for pieces in (*spill, rest_of_first) for r in sizing.requests(pieces, min_requests=1)]
+        if spilled:
+            yield spilled
+        for start in range(0, len(later), size):
+            segment = later[start : start + size]
+            quick = untokenized(segment) if untokenized is not None else None
+            yield [quick] if quick else sizing.requests(tokenize(segment), min_requests=1)
+    else:
+        remaining = [p for r in spill for p in r] + (tokenize(later) if len(later) else [])
+        if remaining:
+            yield sizing.requests(remaining)

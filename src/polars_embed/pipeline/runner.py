@@ -1,4 +1,4 @@
-"""Send requests: one thread pool, the rate limiter (``limiter.py``), and tenacity retries.
+"""Send requests: one thread pool, the rate limiter (``limiters/``), and tenacity retries.
 
 Retried: 429 (waiting what ``retry-after-ms`` / ``retry-after`` says), 5xx, timeouts,
 dropped connections and malformed 200 answers, with exponential backoff and jitter, for a

@@ -1,6 +1,6 @@
 """What a provider is: one method that embeds one batch, plus the limits it declares.
 
-Retries, threads, rate limits and caching live outside providers (``runner.py``,
+Retries, threads, rate limits and caching live outside providers (``pipeline/runner.py``,
 ``embedder.py``), so an adapter stays a few dozen lines.
 """
 

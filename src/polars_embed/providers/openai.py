@@ -1,6 +1,6 @@
 """Any OpenAI-compatible embeddings endpoint, through the official ``openai`` client.
 
-``max_retries=0``: tenacity in ``runner.py`` owns retries. The body is parsed here, not by
+``max_retries=0``: tenacity in ``pipeline/runner.py`` owns retries. The body is parsed here, not by
 the client: base64 float32 goes straight into numpy, vectors are placed by their
 ``index`` field, and a short, malformed or wrong-dimension answer raises
 ``MalformedResponse`` (retried), never a silently misaligned result.

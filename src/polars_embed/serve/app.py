@@ -14,7 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .proxy import ANONYMOUS, OpenAIError, Proxy, ProxyConfig, parse_request
+from .proxy import ANONYMOUS, Proxy, ProxyConfig
+from .wire import OpenAIError, parse_request
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

@@ -1,7 +1,7 @@
 """The caching proxy's core: an OpenAI ``POST /v1/embeddings`` answered from the cache,
-with only the misses sent upstream (``polars-embed serve``; the HTTP side is ``serve.py``).
+with only the misses sent upstream (``polars-embed serve``; the HTTP side is ``app.py``).
 
-A request is parsed and checked as OpenAI checks it (``parse_request``), its inputs become
+A request is parsed and checked as OpenAI checks it (``wire.parse_request``), its inputs become
 one ``Embedder.embed`` call of the embedder for its model and dimensions: the same plan,
 cache keys, packing, limiter and in-flight dedupe as ``embed_column``, so a proxy and a
 dataframe job on the same cache share entries, and two clients asking for the same text at
@@ -9,28 +9,21 @@ once pay for it once. The answer keeps the input order and indices, in ``float``
 ``base64`` (not part of the cache key, nor is ``user``), and says in headers whether it
 was a ``HIT``, a ``MISS`` or ``PARTIAL``, how many inputs were hits and what it cost.
 
-Clients present proxy keys (stored hashed, ``Keys``); the upstream key stays here. Usage
+Clients present proxy keys (stored hashed, ``keys.Keys``); the upstream key stays here. Usage
 is kept per proxy key: in the metrics and in one ledger record per key and model,
 updated every few seconds (``Proxy.flush``).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 
 from ..errors import (
@@ -42,6 +35,8 @@ from ..errors import (
 )
 from ..pipeline.run import Run
 from ..pipeline.runner import status_of
+from .keys import Keys
+from .wire import EmbeddingRequest, OpenAIError, bad_request, encode_vector
 
 if TYPE_CHECKING:
     from ..caches import Cache
@@ -52,10 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("polars_embed.proxy")
 
-#: OpenAI's limit on inputs in one request.
-MAX_INPUTS = 2048
-#: The largest ``dimensions`` a request may ask for (OpenAI's largest model has 3,072).
-MAX_DIMENSIONS = 16_384
 #: Embedders (model x dimensions) one proxy keeps; more is a client trying every size.
 MAX_EMBEDDERS = 32
 #: A key's ledger record is a run of at most this many rows; then a new record starts.
@@ -63,125 +54,6 @@ RUN_ROWS = 1_000_000
 ANONYMOUS = "anonymous"
 
 
-class OpenAIError(Exception):
-    """An answer in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-        self.headers: dict[str, str] = {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# -- keys ---------------------------------------------------------------------------------------
-def hash_key(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-class Keys:
-    """Proxy keys by name, stored as SHA-256 hashes in a JSON file (``{"keys": {name: hash}}``)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        try:
-            data = json.loads(self.path.read_text()) if self.path.exists() else {"keys": {}}
-            self.hashes: dict[str, str] = dict(data["keys"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            msg = f"cannot read the proxy keys file {self.path} ({exc}); it holds {{\"keys\": {{name: hash}}}}"
-            raise ConfigurationError(msg) from None
-
-    def add(self, name: str) -> str:
-        """A new key for ``name`` (returned once, only its hash is written)."""
-        if not name or not name.replace("-", "").replace("_", "").isalnum():
-            msg = f"a key name is letters, digits, '-' and '_', got {name!r}"
-            raise ConfigurationError(msg)
-        key = "pe-" + secrets.token_urlsafe(32)
-        self.hashes[name] = hash_key(key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"keys": self.hashes}, indent=2) + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(self.path)
-        return key
-
-    def name_of(self, key: str) -> str | None:
-        """The name of ``key``, or None for a key this file does not hold."""
-        digest = hash_key(key)
-        found = None
-        for name, stored in self.hashes.items():  # every entry compared, in constant time each
-            if hmac.compare_digest(stored, digest):
-                found = name
-        return found
-
-
-# -- requests -----------------------------------------------------------------------------------
-@dataclass
-class EmbeddingRequest:
-    model: str
-    inputs: list[str | list[int]]
-    encoding_format: str = "float"
-    dimensions: int | None = None
-
-
-def _bad(message: str, param: str | None = None) -> OpenAIError:
-    return OpenAIError(400, message, param=param)
-
-
-def parse_request(body: bytes) -> EmbeddingRequest:
-    """The body of ``POST /v1/embeddings``, checked as OpenAI checks it (400 otherwise)."""
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
-                   "your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
-    if not isinstance(req, dict):
-        raise _bad("The body of your request must be a JSON object.")
-    model = req.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("you must provide a model parameter", "model")
-    if not _encodable(model) or len(model) > 256:
-        raise _bad("'$.model' is invalid: not a model name.", "model")
-    raw = req.get("input")
-    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(_is_token(t) for t in raw)):
-        raw = [raw]  # one text, or one token array
-    if not isinstance(raw, list) or not raw:
-        raise _bad("'$.input' is invalid: give a string, an array of strings or an array of token arrays.", "input")
-    if len(raw) > MAX_INPUTS:
-        raise _bad(f"'$.input' is invalid: array must have at most {MAX_INPUTS} items, got {len(raw)}.", "input")
-    for i, x in enumerate(raw):
-        if isinstance(x, str):
-            if not x.strip():
-                raise _bad(f"'$.input[{i}]' is invalid: an input cannot be empty or only whitespace.", "input")
-            if not _encodable(x):
-                raise _bad(f"'$.input[{i}]' is invalid: not valid Unicode (a lone surrogate).", "input")
-        elif not (isinstance(x, list) and x and all(_is_token(t) for t in x)):
-            raise _bad(f"'$.input[{i}]' is invalid: each input is a non-empty string or array of tokens.", "input")
-    fmt = req.get("encoding_format", "float")
-    fmt = "float" if fmt is None else fmt
-    if not isinstance(fmt, str) or fmt not in ("float", "base64"):
-        raise _bad(f"'{fmt}' is not one of ['float', 'base64'] - 'encoding_format'", "encoding_format")
-    dims = req.get("dimensions")
-    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS):
-        raise _bad(f"'$.dimensions' is invalid: an integer from 1 to {MAX_DIMENSIONS:,}.", "dimensions")
-    return EmbeddingRequest(model, raw, fmt, dims)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _is_token(t: object) -> bool:
-    return isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31
-
-
-# -- the proxy ----------------------------------------------------------------------------------
 @dataclass
 class ProxyConfig:
     """What ``polars-embed serve`` is started with (see ``polars-embed serve --help``)."""
@@ -283,16 +155,16 @@ class Proxy:
             if emb is not None:
                 return emb
             if len(self._embedders) >= MAX_EMBEDDERS:
-                raise _bad(f"this proxy serves at most {MAX_EMBEDDERS} model and dimensions pairs", "model")
+                raise bad_request(f"this proxy serves at most {MAX_EMBEDDERS} model and dimensions pairs", "model")
             if model.startswith("local:"):
-                raise _bad("the proxy serves the upstream's models, not local ones", "model")
+                raise bad_request("the proxy serves the upstream's models, not local ones", "model")
             cfg = self.config
             dims = dimensions if dimensions is not None else cfg.dimensions.get(model)
             try:
                 provider = OpenAIProvider(model, dimensions=dims, base_url=self.base_url, api_key=self.api_key,
                                           timeout=cfg.timeout, send_dimensions=dimensions is not None)
             except ConfigurationError as exc:
-                raise _bad(str(exc).replace("pass dimensions= with it", "send dimensions, or start the proxy "
+                raise bad_request(str(exc).replace("pass dimensions= with it", "send dimensions, or start the proxy "
                                             "with --model-dimensions MODEL=N"), "model") from None
             emb = Embedder(provider=_Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
                            ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
@@ -350,14 +222,14 @@ class Proxy:
             i = int(errors.is_not_null().arg_max())  # type: ignore[arg-type]
             others = len(errors) - errors.null_count() - 1
             more = f" ({others} other inputs failed too; the rest are cached)" if others else ""
-            error = _bad(f"'$.input[{i}]' was refused upstream: {self._scrub(emb, errors[i])}{more}", "input")
+            error = bad_request(f"'$.input[{i}]' was refused upstream: {self._scrub(emb, errors[i])}{more}", "input")
             error.headers = headers
             raise error
         tokens = int(out["embedding_tokens"].sum())
         vectors = out["embedding"].to_numpy()
         body = {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+            "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}
                      for i, v in enumerate(vectors)],
             "model": req.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
@@ -395,9 +267,9 @@ class Proxy:
         try:
             text = tokenizer.decode(ids)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - ids outside the vocabulary
-            raise _bad(f"'$.input[{i}]' is invalid: token ids outside the model's vocabulary.", "input") from None
+            raise bad_request(f"'$.input[{i}]' is invalid: token ids outside the model's vocabulary.", "input") from None
         if not text.strip() or tokenizer.encode_batch([text])[0] != ids:
-            raise _bad(f"'$.input[{i}]' is invalid here: these tokens are not the encoding of a text (split in the "
+            raise bad_request(f"'$.input[{i}]' is invalid here: these tokens are not the encoding of a text (split in the "
                        "middle of a character?); send the text instead.", "input")
         return text
 
@@ -464,9 +336,3 @@ class Proxy:
         for emb in list(self._embedders.values()):
             emb.runner.close()
         self.cache.close()
-
-
-def _encode(vector: np.ndarray, fmt: str) -> Any:
-    if fmt == "base64":
-        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode()
-    return vector.tolist()  # float32 -> the nearest double, which parses back to the same float32

@@ -1,4 +1,5 @@
-"""Test helpers: a local OpenAI-compatible embeddings server with fault injection.
+"""Test helpers: a local server per wire format (``server.py``: OpenAI's embeddings, with
+``batches.py`` its Batch API; ``redis.py`` a real redis-server), with fault injection.
 
 Imported lazily, so ``python -m polars_embed.testing.server`` runs the module only once.
 """

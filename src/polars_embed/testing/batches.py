@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .vectors import server_vectors
+
 if TYPE_CHECKING:
     from .server import EmbeddingServer
 
@@ -181,8 +183,6 @@ class BatchAPI:
 
     def _finish(self, batch_id: str, status: str, *, done: float, no_output: bool = False) -> None:
         """Embed the first ``done`` share of the lines; write the output and error files."""
-        from .server import server_vectors
-
         batch, faults, lines = self.batches[batch_id], self.faults, self.lines[batch_id]
         n_done = round(len(lines) * done)
         output, errors = [], []

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import random
 import socket
@@ -36,24 +35,9 @@ from typing import Any
 
 import numpy as np
 
-MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
-SHORTENABLE = {"text-embedding-3-small", "text-embedding-3-large"}
+from .vectors import MODELS, SHORTENABLE, server_vector, server_vectors
 
-
-def server_vector(model: str, dimensions: int, text: str) -> np.ndarray:
-    """The vector this server returns for ``text``: a unit vector drawn from SHAKE-256 of
-    (model, dimensions, text), float32."""
-    return server_vectors(model, dimensions, [text])[0]
-
-
-def server_vectors(model: str, dimensions: int, texts: list[str]) -> np.ndarray:
-    """``server_vector`` of many texts at once, in one pass of numpy: cheap, so the
-    server's CPU (which the client shares in tests and benchmarks) goes to what a real
-    API costs its clients, counting tokens, not to making up vectors."""
-    head = f"{model}\0{dimensions}\0".encode()
-    raw = b"".join(hashlib.shake_256(head + t.encode("utf-8", "surrogatepass")).digest(4 * dimensions) for t in texts)
-    v = np.frombuffer(raw, dtype="<u4").reshape(len(texts), dimensions).astype(np.float32) - np.float32(2**31)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+__all__ = ["EmbeddingServer", "Faults", "Record", "server_vector", "server_vectors"]
 
 
 @dataclass
@@ -267,8 +251,9 @@ class EmbeddingServer:
             return sum(r.status == status for r in self.log)
 
     # -- the API ---------------------------------------------------------------------------
-    def handle(self, body: bytes, auth: str | None) -> tuple[int, dict[str, str], bytes | None, str | None, Any]:
-        """Answer one request: (status, headers, body or None to drop, fault, record)."""
+    def _parse(self, body: bytes, auth: str | None) -> tuple[Any, ...]:
+        """The request's checks, as the API makes them: an answer (status, headers, body, fault,
+        record) when it is refused, else ``(model, dimensions, texts, total tokens, request)``."""
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
             return 401, {}, _error("Incorrect API key provided.", "invalid_api_key"), None, None
         if not auth or auth == "Bearer ":
@@ -314,6 +299,14 @@ class EmbeddingServer:
         if total > self.max_request_tokens:
             msg = f"Requested {total} tokens, max {self.max_request_tokens} tokens per request"
             return 400, {}, _error(msg, "max_tokens_per_request"), None, None
+        return model, dim, texts, total, req
+
+    def handle(self, body: bytes, auth: str | None) -> tuple[int, dict[str, str], bytes | None, str | None, Any]:
+        """Answer one request: (status, headers, body or None to drop, fault, record)."""
+        parsed = self._parse(body, auth)
+        if isinstance(parsed[0], int):  # refused: the answer itself
+            return parsed  # type: ignore[return-value]
+        model, dim, texts, total, req = parsed
         with self._lock:
             faults = self.faults
             if faults.refuse_all is not None:

@@ -1,0 +1,223 @@
+"""``polars-embed run``: embed a column of a file into Parquet (locally, on Ray, or as Batch API jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from typing import Any
+
+from ..errors import BatchPendingError, ConfigurationError
+from .common import EXIT_FAILED_ROWS, EXIT_INTERRUPTED, EXIT_OK, add_common, add_model, log
+
+
+def add_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="embed a column of a Parquet/CSV/NDJSON file into Parquet",
+                         description="Embed INPUT[--column] into OUTPUT (Parquet) with the embedding, "
+                         "cache-hit, token, cost and error columns and provenance metadata. Streams "
+                         "in partitions; the output is replaced atomically when complete.")
+    run.add_argument("input", help="input file: .parquet, .csv or .ndjson")
+    run.add_argument("output", help="output Parquet file")
+    run.add_argument("--column", "-c", default="text", help="text column to embed (default: text)")
+    run.add_argument("--name", default="embedding", help="name of the vector column (default: embedding)")
+    add_model(run)
+    run.add_argument("--partition-rows", type=int, default=5000, help="rows per partition; sets memory (default: 5000)")
+    run.add_argument("--workers", type=int, default=None, help="concurrent requests (default: 16; cores for local)")
+    run.add_argument("--rpm", type=float, default=None, help="stay under this many requests per minute")
+    run.add_argument("--tpm", type=float, default=None, help="stay under this many tokens per minute")
+    run.add_argument("--on-long-input", choices=["truncate", "chunk", "error"], default="truncate",
+                     help="inputs over the model's token limit (default: truncate)")
+    run.add_argument("--max-cost", type=float, default=None, metavar="USD",
+                     help="stop before a request would take the run past this many dollars")
+    run.add_argument("--price", type=float, default=None, metavar="USD_PER_1M", help="override the price per 1M tokens")
+    run.add_argument("--dry-run", action="store_true", help="no request: print rows, distinct, cached, tokens, cost, time")
+    run.add_argument("--batch", action="store_true",
+                     help="send the uncached texts as Batch API jobs at half the price (done within 24 h); "
+                     "waits for them unless --detach")
+    run.add_argument("--detach", action="store_true",
+                     help="with --batch: submit, collect what ended, and exit 0; the same command later "
+                     "collects the rest and writes OUTPUT when every batch has ended")
+    run.add_argument("--poll-seconds", type=float, default=30.0, help="with --batch: first wait between polls (default: 30)")
+    run.add_argument("--enqueued-tokens", type=int, default=20_000_000,
+                     help="with --batch: your enqueued-token limit for the model (default: 20,000,000)")
+    run.add_argument("--limiter", default=None, metavar="REDIS_URL",
+                     help="redis://host:port/db: one requests/tokens-per-minute quota (--rpm/--tpm, else learned "
+                     "from the server's headers) for every run and actor that names this Redis")
+    run.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: threads in this process (default); ray: Ray actors embed the partitions read here "
+                     "(pip install 'polars-embed[ray]'), sharing what --cache/--limiter redis://... name")
+    run.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, else the Ray running on "
+                     "this machine, else a Ray started for this run)")
+    run.add_argument("--actors", type=int, default=None,
+                     help="with --engine ray: actors (default: one per CPU up to 4 for a network model, one per CPU "
+                     "for a local one); --max-cost is split evenly between them")
+    add_common(run, bar=True)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Embedder`` keywords of ``run``'s arguments."""
+    from ..batch import BatchSettings
+
+    if args.engine == "ray" and (args.batch or args.dry_run):
+        raise ConfigurationError(f"--engine ray does not do {'--batch' if args.batch else '--dry-run'}; drop one of them")
+    if (args.ray_address or args.actors is not None) and args.engine != "ray":
+        raise ConfigurationError("--ray-address and --actors need --engine ray")
+    if args.actors is not None and args.actors < 1:
+        raise ConfigurationError(f"--actors must be at least 1, got {args.actors}")
+    if args.engine == "ray":  # before Ray starts
+        from ..scale.ray_engine import one_quota
+
+        one_quota({"rpm": args.rpm, "tpm": args.tpm, "limiter": args.limiter}, args.actors)
+    if args.detach and not args.batch:
+        raise ConfigurationError("--detach needs --batch")
+    if args.batch and args.no_cache:
+        raise ConfigurationError("--batch collects the batches' results into the cache before writing: drop --no-cache")
+    batch = BatchSettings(wait=not args.detach, poll_seconds=args.poll_seconds, enqueued_tokens=args.enqueued_tokens,
+                          max_poll_seconds=max(600.0, args.poll_seconds)) if args.batch else None
+    return {
+        "model": args.model,
+        "dimensions": args.dimensions,
+        "base_url": args.base_url,
+        "cache": False if args.no_cache else args.cache,
+        "on_long_input": args.on_long_input,
+        "on_error": "null",
+        "price_per_million": args.price,
+        "max_cost": args.max_cost,
+        "max_workers": args.workers,
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "limiter": args.limiter,
+        "mode": "batch" if args.batch else "sync",
+        "batch": batch,
+    }
+
+
+def command(args: argparse.Namespace) -> int:
+    from .. import job
+
+    if args.partition_rows < 1:
+        raise ConfigurationError(f"--partition-rows must be at least 1, got {args.partition_rows}")
+    from ..embedder import Embedder
+
+    options = _options(args)
+    emb = Embedder(**options)
+    if args.dry_run:
+        est = job.dry_run(emb, args.input, column=args.column, partition_rows=args.partition_rows)
+        eta = f"~{est.seconds:,.0f} s ({est.basis})" if est.seconds is not None else f"unknown ({est.basis})"
+        print(f"dry run of {args.input} ({emb.model}, {emb.dimensions} dims): no request made")
+        print(f"  rows            {est.rows:,}")
+        print(f"  distinct texts  {est.distinct:,}")
+        print(f"  already cached  {est.cached:,}")
+        print(f"  to embed        {est.to_embed:,} in {est.requests:,} requests")
+        print(f"  tokens to pay   {est.tokens_to_pay:,}")
+        print(f"  estimated cost  ${est.cost_usd:.6f}")
+        print(f"  estimated time  {eta}")
+        return EXIT_OK
+
+    import polars as pl
+
+    lf = job.scan(args.input)
+    job.require_column(lf, args.column, args.input)
+    with job.readable(args.input):
+        rows = lf.select(pl.len()).collect().item()
+    bar = Progress(rows, disable=args.quiet or not sys.stderr.isatty())
+    log.info(f"embedding {args.input}[{args.column}] with {emb.model} into {args.output}",
+             extra={"fields": {"event": "start", "rows": rows, "model": emb.model}})
+    try:
+        if args.engine == "ray":
+            from ..scale import ray_job
+
+            result = ray_job.run(emb, options, args.input, args.output, column=args.column, name=args.name,
+                                    partition_rows=args.partition_rows, address=args.ray_address,
+                                    actors=args.actors, on_progress=bar.update)
+        else:
+            result = job.run(emb, args.input, args.output, column=args.column, name=args.name,
+                             partition_rows=args.partition_rows, on_progress=bar.update)
+    except BatchPendingError as exc:  # --detach: submitted; a later run collects
+        print(f"polars-embed: {exc}")
+        print(f"  batches: {', '.join(exc.batch_ids) or 'none in flight'}; `polars-embed batch status` lists them")
+        return EXIT_OK
+    except KeyboardInterrupt:
+        bar.close()
+        log.warning(f"interrupted after {bar.done.rows:,} rows; finished requests are cached, "
+                    f"rerun the same command to resume (cached rows cost nothing)")
+        return EXIT_INTERRUPTED
+    finally:
+        bar.close()
+        emb.close()
+    s = result.stats
+    hits = s.hit_rows
+    summary = {
+        "rows": s.rows, "distinct": s.distinct, "new_texts": s.misses, "hits": hits, "cached_rows": s.cached_rows,
+        "repeated_rows": hits - s.cached_rows, "tokens_billed": s.tokens_billed,
+        "cost_usd": round(s.cost_usd, 8), "cost_saved_usd": round(s.cost_saved_usd, 8), "requests": s.requests,
+        "retries": s.retries, "failed_rows": len(result.failed), "wall_seconds": round(s.wall_seconds, 2),
+        "output": str(result.output),
+    }
+    log.log(logging.INFO if args.log_json else logging.DEBUG, "run finished",
+            extra={"fields": {"event": "summary", **summary}})
+    _print_summary(emb, result)
+    if result.failed:
+        first, reason = next(iter(result.failed.items()))
+        log.warning(f"{len(result.failed)} rows failed (first: row {first}: {reason}); they have a null vector and a reason in {args.name}_error")
+        return EXIT_FAILED_ROWS
+    return EXIT_OK
+
+
+def _print_summary(emb: Any, result: Any) -> None:
+    s = result.stats
+    repeats = s.hit_rows - s.cached_rows
+    print(f"embedded {s.rows:,} rows ({s.distinct:,} distinct texts) with {emb.model} in {s.wall_seconds:.1f} s")
+    unit = "batch" if emb.mode == "batch" else "request"
+    print(f"  new texts      {s.misses:,} embedded in {s.requests:,} {unit}{'es' if unit == 'batch' and s.requests != 1 else 's' * (s.requests != 1)} "
+          f"({s.retries} retr{'ies' if s.retries != 1 else 'y'})")
+    print(f"  cache hits     {s.hit_rows:,} rows ({s.hit_rows / max(1, s.rows):.0%}): {s.cached_rows:,} in the "
+          f"cache before this run, {repeats:,} repeats within it")
+    if emb.price:
+        print(f"  tokens billed  {s.tokens_billed:,}")
+        price = f", Batch API price ${emb.price:g}/1M tokens" if emb.mode == "batch" else ""
+        print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f}{price})")
+    elif emb.provider.name == "local":
+        print(f"  tokens         {s.tokens_counted:,} counted; a local model costs nothing but time")
+    else:
+        print(f"  tokens billed  {s.tokens_billed:,} (no price known for {emb.model}: --price counts the cost)")
+    print(f"  failed rows    {len(result.failed):,}")
+    if s.uncached:
+        print(f"  not cached     {s.uncached:,} texts: the cache could not be written (see the warning)")
+    if s.cache_damaged:
+        print(f"  damaged cache  {s.cache_damaged:,} entries: fetched again and overwritten")
+    where = getattr(emb.cache, "directory", None) or getattr(emb.cache, "location", None)
+    print(f"  cache          {where if where is not None else 'none (--no-cache)'}")
+    print(f"  wrote          {result.output}")
+
+
+class Progress:
+    """The progress bar of ``run``: advances as each request ends, with rows/s, ETA, hit
+    rate and cost so far (tqdm, on stderr when it is a terminal)."""
+
+    def __init__(self, total: int, *, disable: bool) -> None:
+        from ..pipeline.stats import RunStats
+
+        self.done = RunStats()
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        if not disable:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, delta: Any) -> None:
+        with self._lock:
+            self.done.add(delta)
+            if self._bar is not None:
+                self._bar.update(delta.rows)
+                hit_rate = self.done.hit_rows / max(1, self.done.rows)
+                self._bar.set_postfix_str(f"hits {hit_rate:.0%}, ${self.done.cost_usd:.4f}", refresh=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None

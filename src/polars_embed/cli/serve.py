@@ -1,0 +1,87 @@
+"""``polars-embed serve``: the OpenAI-compatible caching proxy, and its keys (``--new-key``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..errors import ConfigurationError
+from .common import EXIT_OK, add_common, log, without_credentials
+
+
+def _pair(kind: type) -> Any:
+    def parse(text: str) -> tuple[str, Any]:
+        name, _, value = text.partition("=")
+        try:
+            return name, kind(value) if name else kind("")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected MODEL=VALUE, got {text!r}") from None
+    return parse
+
+
+def add_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="run an OpenAI-compatible caching proxy (POST /v1/embeddings)",
+        description="Serve POST /v1/embeddings as OpenAI does, from the cache, sending only the misses upstream "
+        "(packed, paced, each distinct text paid once), plus GET /v1/models (passed through), /health and /metrics "
+        "(Prometheus). Point any OpenAI client's base_url at http://HOST:PORT/v1. The upstream key is read from "
+        "$OPENAI_API_KEY (or --upstream-key-env) and never leaves the proxy. Needs: pip install 'polars-embed[serve]'.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    serve.add_argument("--upstream-base-url", default=None, help="where misses go (default: $OPENAI_BASE_URL or OpenAI)")
+    serve.add_argument("--upstream-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                       help="environment variable holding the upstream key (default: OPENAI_API_KEY)")
+    serve.add_argument("--cache", default=None, metavar="DIR",
+                       help="cache directory, shared with embed_column and run (default: $POLARS_EMBED_CACHE or the user cache dir)")
+    serve.add_argument("--keys", default=None, metavar="FILE",
+                       help="proxy keys file (hashed); clients must present one of its keys. Without it, any client is served")
+    serve.add_argument("--new-key", default=None, metavar="NAME",
+                       help="add a key named NAME to --keys, print it once and exit")
+    serve.add_argument("--allow-open", action="store_true", help="serve without --keys on an address other than loopback")
+    serve.add_argument("--on-long-input", choices=["error", "truncate"], default="error",
+                       help="an input over the model's token limit: 400 as OpenAI answers (default), or truncate it")
+    serve.add_argument("--model-dimensions", type=_pair(int), action="append", default=[], metavar="MODEL=N",
+                       help="native output size of an upstream model not in the table (repeatable)")
+    serve.add_argument("--price", type=_pair(float), action="append", default=[], metavar="MODEL=USD_PER_1M",
+                       help="price per 1M tokens of a model (repeatable; default: the price table)")
+    serve.add_argument("--workers", type=int, default=16, help="concurrent upstream requests (default: 16)")
+    serve.add_argument("--rpm", type=float, default=None, help="stay under this many upstream requests per minute")
+    serve.add_argument("--tpm", type=float, default=None, help="stay under this many upstream tokens per minute")
+    add_common(serve)
+
+
+def command(args: argparse.Namespace) -> int:
+    from ..serve.keys import Keys
+    from ..serve.proxy import ProxyConfig
+
+    keys = Keys(args.keys) if args.keys else None
+    if args.new_key is not None:
+        if keys is None:
+            raise ConfigurationError("--new-key needs --keys FILE, the file to add it to")
+        if args.new_key in keys.hashes:
+            raise ConfigurationError(f"{args.keys} already has a key named {args.new_key!r}; pick another name "
+                                     "(or delete its line from the file to replace it)")
+        key = keys.add(args.new_key)
+        print(f"new proxy key {args.new_key!r} (shown once, only its hash is kept in {args.keys}):")
+        print(key)
+        return EXIT_OK
+    if keys is not None and not keys.hashes:
+        raise ConfigurationError(f"{args.keys} holds no proxy key (missing or empty): add one with --new-key NAME")
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if keys is None and not loopback and not args.allow_open:
+        raise ConfigurationError(f"serving {args.host} without --keys lets anyone spend the upstream key; "
+                                 "pass --keys FILE (see --new-key), or --allow-open")
+    upstream_key = os.environ.get(args.upstream_key_env)
+    if not upstream_key:
+        raise ConfigurationError(f"no upstream key: set {args.upstream_key_env}")
+    from ..serve.app import serve
+
+    config = ProxyConfig(upstream_base_url=args.upstream_base_url, upstream_api_key=upstream_key, cache=args.cache,
+                         keys=keys, on_long_input=args.on_long_input, rpm=args.rpm, tpm=args.tpm,
+                         max_workers=args.workers, dimensions=dict(args.model_dimensions), price_per_million=dict(args.price))
+    who = f"{len(keys.hashes)} proxy keys from {args.keys}" if keys else "any client (no --keys)"
+    log.info(f"serving http://{args.host}:{args.port}/v1 for {who}; misses go to "
+             f"{without_credentials(args.upstream_base_url or os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1')}")
+    serve(config, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    return EXIT_OK

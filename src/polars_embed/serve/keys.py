@@ -1,0 +1,55 @@
+"""Proxy keys: clients present one, the proxy keeps only its SHA-256 hash in a JSON file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import os
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class Keys:
+    """Proxy keys by name, stored as SHA-256 hashes in a JSON file (``{"keys": {name: hash}}``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            data = json.loads(self.path.read_text()) if self.path.exists() else {"keys": {}}
+            self.hashes: dict[str, str] = dict(data["keys"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            msg = f"cannot read the proxy keys file {self.path} ({exc}); it holds {{\"keys\": {{name: hash}}}}"
+            raise ConfigurationError(msg) from None
+
+    def add(self, name: str) -> str:
+        """A new key for ``name`` (returned once, only its hash is written)."""
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            msg = f"a key name is letters, digits, '-' and '_', got {name!r}"
+            raise ConfigurationError(msg)
+        key = "pe-" + secrets.token_urlsafe(32)
+        self.hashes[name] = hash_key(key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"keys": self.hashes}, indent=2) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self.path)
+        return key
+
+    def name_of(self, key: str) -> str | None:
+        """The name of ``key``, or None for a key this file does not hold."""
+        digest = hash_key(key)
+        found = None
+        for name, stored in self.hashes.items():  # every entry compared, in constant time each
+            if hmac.compare_digest(stored, digest):
+                found = name
+        return found

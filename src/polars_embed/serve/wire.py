@@ -1,0 +1,100 @@
+"""OpenAI's ``POST /v1/embeddings`` on the wire: the request as OpenAI checks it, its error shape,
+and the vector encodings of its answer.
+
+https://platform.openai.com/docs/api-reference/embeddings/create
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: OpenAI's limit on inputs in one request.
+MAX_INPUTS = 2048
+#: The largest ``dimensions`` a request may ask for (OpenAI's largest model has 3,072).
+MAX_DIMENSIONS = 16_384
+
+class OpenAIError(Exception):
+    """An answer in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class EmbeddingRequest:
+    model: str
+    inputs: list[str | list[int]]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+
+
+def bad_request(message: str, param: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param)
+
+
+def parse_request(body: bytes) -> EmbeddingRequest:
+    """The body of ``POST /v1/embeddings``, checked as OpenAI checks it (400 otherwise)."""
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad_request("We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                   "your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
+    if not isinstance(req, dict):
+        raise bad_request("The body of your request must be a JSON object.")
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("you must provide a model parameter", "model")
+    if not _encodable(model) or len(model) > 256:
+        raise bad_request("'$.model' is invalid: not a model name.", "model")
+    raw = req.get("input")
+    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(_is_token(t) for t in raw)):
+        raw = [raw]  # one text, or one token array
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("'$.input' is invalid: give a string, an array of strings or an array of token arrays.", "input")
+    if len(raw) > MAX_INPUTS:
+        raise bad_request(f"'$.input' is invalid: array must have at most {MAX_INPUTS} items, got {len(raw)}.", "input")
+    for i, x in enumerate(raw):
+        if isinstance(x, str):
+            if not x.strip():
+                raise bad_request(f"'$.input[{i}]' is invalid: an input cannot be empty or only whitespace.", "input")
+            if not _encodable(x):
+                raise bad_request(f"'$.input[{i}]' is invalid: not valid Unicode (a lone surrogate).", "input")
+        elif not (isinstance(x, list) and x and all(_is_token(t) for t in x)):
+            raise bad_request(f"'$.input[{i}]' is invalid: each input is a non-empty string or array of tokens.", "input")
+    fmt = req.get("encoding_format", "float")
+    fmt = "float" if fmt is None else fmt
+    if not isinstance(fmt, str) or fmt not in ("float", "base64"):
+        raise bad_request(f"'{fmt}' is not one of ['float', 'base64'] - 'encoding_format'", "encoding_format")
+    dims = req.get("dimensions")
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS):
+        raise bad_request(f"'$.dimensions' is invalid: an integer from 1 to {MAX_DIMENSIONS:,}.", "dimensions")
+    return EmbeddingRequest(model, raw, fmt, dims)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_token(t: object) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31
+
+
+def encode_vector(vector: np.ndarray, fmt: str) -> Any:
+    if fmt == "base64":
+        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode()
+    return vector.tolist()  # float32 -> the nearest double, which parses back to the same float32
