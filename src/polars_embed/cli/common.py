@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING
 
 from ..errors import (
     BudgetExceededError,
@@ -20,9 +19,6 @@ from ..errors import (
     ProviderError,
     SharedStateError,
 )
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_MODEL = "local:all-MiniLM-L6-v2"
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_BUDGET, EXIT_LOCKED, EXIT_PROVIDER, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
