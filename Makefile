@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test notebooks install clean redis-server
+.PHONY: demo test test-lowest notebooks install clean redis-server
 
 # Embeds the shipped sample offline (no key, no network) and prints the cost/cache summary.
 # Run it twice: the second run is all cache hits. It uses the cache the command uses after it
@@ -15,6 +15,22 @@ demo: $(VENV)/.installed
 # the redis-server the scale-out tests start (Debian's package, when missing), then the suite.
 test: $(VENV)/.installed-test redis-server
 	$(BIN)/python -m pytest -q
+
+# Every floor pyproject.toml declares is one the code runs on: the package and its test tools
+# at exactly their lowest allowed versions (ci/lowest.py reads them), in a venv of their own,
+# then the tests of the core (not the serve, ray and notebooks extras, which test runs).
+LOWEST := .venv-lowest
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore tests/test_serve.py --ignore tests/test_scale.py \
+	  --ignore tests/test_notebooks.py --deselect tests/test_docs.py::test_readme_python_example_runs_as_printed
+# (the README's printed frame is today's Polars drawing it: older ones draw a column narrower)
+
+$(LOWEST)/.installed: pyproject.toml ci/lowest.py
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python ci/lowest.py test > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/pip install --quiet -c $(LOWEST)/constraints.txt -e . pytest hypothesis
+	touch $@
 
 # The tests start a real redis-server on a free port; install Debian's when there is none.
 redis-server:
@@ -45,4 +61,4 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) data/out .cache
+	rm -rf $(VENV) $(LOWEST) data/out .cache

@@ -267,3 +267,17 @@ def test_max_cost_holds_before_any_upload(batch_embedder, server):
     with pytest.raises(BudgetExceededError, match="max_cost"):
         emb.embed(pl.Series("text", [f"too dear {i}" for i in range(50)]))
     assert server.batch_api.uploads == 0
+
+
+def test_the_test_server_pages_its_lists_as_the_api_does(server):
+    """An SDK pages on with ``after`` until ``has_more`` is false; a server that ignored
+    ``after`` sent an older SDK round the first page forever."""
+    import openai
+
+    client = openai.OpenAI(api_key="sk-test", base_url=server.url, max_retries=0)
+    ids = [client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id for i in range(5)]
+    page = client.files.list(purpose="batch", limit=2)
+    assert len(page.data) == 2 and page.has_more
+    assert sorted(f.id for f in client.files.list(purpose="batch", limit=2)) == sorted(ids)
+    with pytest.raises(openai.BadRequestError):
+        client.batches.list(limit=101)

@@ -53,6 +53,7 @@ def scan(path: str | os.PathLike[str]) -> pl.LazyFrame:
     suffix = path.suffix.lower()
     with readable(path):
         if suffix in (".parquet", ".pq"):
+            _no_duplicate_columns(path)
             return pl.scan_parquet(path)
         if suffix in (".csv", ".tsv"):
             return pl.scan_csv(path, separator="\t" if suffix == ".tsv" else ",")
@@ -60,6 +61,18 @@ def scan(path: str | os.PathLike[str]) -> pl.LazyFrame:
             return pl.scan_ndjson(path)
     msg = f"input {str(path)!r}: unknown format {suffix or '(no suffix)'}; use .parquet, .csv or .ndjson"
     raise InputError(msg)
+
+
+def _no_duplicate_columns(path: Path) -> None:
+    """A Parquet file with two columns of one name: some Polars releases read one of them
+    without a word; which one is a guess, so the file is refused."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        msg = f"cannot read the input {str(path)!r}: it has more than one column named {twice[0]!r}"
+        raise InputError(msg)
 
 
 @contextlib.contextmanager

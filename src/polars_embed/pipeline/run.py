@@ -272,8 +272,10 @@ class SliceMemo:
     def leave(self, key: Hashable, entry: _Entry, answer: pl.DataFrame | None, error: BaseException | None) -> None:
         """Record the first evaluation's answer (or error), then keep the memo in budget."""
         entry.answer, entry.error = answer, error
-        entry.size = int(answer.estimated_size() if answer is not None else 0) + sum(int(a.nbytes) for a in entry.source)
-        entry.done.set()
+        entry.done.set()  # first: a waiting evaluation must never wait forever
+        # the input's size from its buffers (``nbytes`` of a string_view array raises before pyarrow 19)
+        held = sum(b.size for a in entry.source for chunk in a.chunks for b in chunk.buffers() if b is not None)
+        entry.size = int(answer.estimated_size() if answer is not None else 0) + held
         with self._lock:
             if self._entries.get(key) is not entry:
                 return  # cleared meanwhile

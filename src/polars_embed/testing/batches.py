@@ -38,6 +38,24 @@ class BatchFaults:
     fail_lines: list[str] = field(default_factory=list)  # inputs containing one: a 500 line in the error file
 
 
+def _page(items: list[dict[str, Any]], query: dict[str, str], *, default_limit: int, max_limit: int) -> tuple[int, bytes]:
+    """One page of a list answer: the items after the one whose id is ``after``, at most
+    ``limit``, with ``has_more`` and the first and last ids (a client pages on with ``after``)."""
+    try:
+        limit = int(query.get("limit", default_limit))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= max_limit:
+        return 400, _batch_error(f"limit must be between 1 and {max_limit}", "invalid_value")
+    after = query.get("after")
+    ids = [item["id"] for item in items]
+    start = ids.index(after) + 1 if after in ids else 0
+    page = items[start : start + limit]
+    body = {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}
+    return 200, json.dumps(body).encode()
+
+
 def _batch_error(message: str, code: str | None) -> bytes:
     return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                  "code": code}}).encode()
@@ -76,11 +94,14 @@ class BatchAPI:
         self.server.event("file_uploaded", {"file_id": file_id, "filename": filename})
         return 200, answer
 
-    def list_files(self, purpose: str | None = None) -> tuple[int, bytes]:
+    def list_files(self, query: dict[str, str]) -> tuple[int, bytes]:
+        """``GET /v1/files``: newest first (``order=asc`` oldest), ``purpose``, and a cursor
+        page (``after``, ``limit`` up to 10,000): https://platform.openai.com/docs/api-reference/files/list"""
         with self._lock:
+            purpose = query.get("purpose")
             files = [f for f in self.files.values() if purpose is None or f["purpose"] == purpose]
-            data = sorted(files, key=lambda f: f["created_at"], reverse=True)
-        return 200, json.dumps({"object": "list", "data": data, "has_more": False}).encode()
+            data = sorted(files, key=lambda f: f["created_at"], reverse=query.get("order", "desc") != "asc")
+        return _page(data, query, default_limit=10_000, max_limit=10_000)
 
     def file_content(self, file_id: str) -> tuple[int, bytes]:
         with self._lock:
@@ -142,12 +163,14 @@ class BatchAPI:
                 batch["status"] = "cancelling"
             return 200, self._public(batch_id)
 
-    def list_batches(self) -> tuple[int, bytes]:
+    def list_batches(self, query: dict[str, str]) -> tuple[int, bytes]:
+        """``GET /v1/batches``: newest first, a cursor page (``after``, ``limit`` 1 to 100,
+        default 20): https://platform.openai.com/docs/api-reference/batch/list"""
         with self._lock:
             for batch_id in self.batches:
                 self._advance(batch_id)
             data = [json.loads(self._public(b)) for b in sorted(self.batches, key=lambda b: -self.batches[b]["_created"])]
-        return 200, json.dumps({"object": "list", "data": data, "has_more": False}).encode()
+        return _page(data, query, default_limit=20, max_limit=100)
 
     def _public(self, batch_id: str) -> bytes:
         return json.dumps({k: v for k, v in self.batches[batch_id].items() if not k.startswith("_")}).encode()

@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -452,10 +453,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _batch_get(self, path: str, query: str) -> None:
         api = self.server_state.batch_api
         parts = path.split("/")  # '', 'v1', 'files'|'batches', id?, 'content'?
+        params = {k: unquote(v) for k, _, v in (p.partition("=") for p in query.split("&") if p)}
         if path == "/v1/files":
-            self._send(*api.list_files(dict(p.partition("=")[::2] for p in query.split("&") if p).get("purpose")))
+            self._send(*api.list_files(params))
         elif path == "/v1/batches":
-            self._send(*api.list_batches())
+            self._send(*api.list_batches(params))
         elif len(parts) == 5 and parts[2] == "files" and parts[4] == "content":
             status, body = api.file_content(parts[3])
             if status != 200 or not api.faults.slow_download:
