@@ -1,5 +1,7 @@
 # `make demo` and `make test` do all the set-up on a fresh machine.
 PYTHON ?= python3
+# pip's download cache stays in the checkout (.cache/, removed by `make clean`), not in $HOME
+export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 VENV := .venv
 BIN := $(VENV)/bin
 

@@ -42,7 +42,8 @@ second_stats = emb.last_stats
 emb.stats()''',
 '''runs = pl.DataFrame({
     "run": ["first", "second"],
-    "hit rate": [first["embedding_cache_hit"].mean(), second["embedding_cache_hit"].mean()],
+    # the mean of the cache-hit column is the hit rate emb.stats() shows (there in percent)
+    "hit rate (%)": [round(first["embedding_cache_hit"].mean() * 100, 1), round(second["embedding_cache_hit"].mean() * 100, 1)],
     "cost (USD)": [first["embedding_cost_usd"].sum(), second["embedding_cost_usd"].sum()],
     "saved by the cache (USD)": [first_stats.cost_saved_usd, second_stats.cost_saved_usd],
     "requests": [first_stats.requests, second_stats.requests],
@@ -82,8 +83,8 @@ run_no = list(range(1, runs.height + 1))
 a.bar(run_no, runs["cost_usd"])
 a.set_xticks(run_no); b.set_xticks(run_no)
 a.set_xlabel("run"); a.set_ylabel("cost (US dollars)"); a.set_title("Cost per run"); a.yaxis.set_major_formatter(dollars)
-b.plot(run_no, runs["hit_rate"], marker="o")
-b.set_ylim(0, 1.05); b.set_xlabel("run"); b.set_ylabel("share of rows not paid for"); b.set_title("Cache hit rate per run")
+b.plot(run_no, runs["hit_rate"] * 100, marker="o")
+b.set_ylim(0, 105); b.set_xlabel("run"); b.set_ylabel("hit rate (%): rows with a vector not paid for"); b.set_title("Cache hit rate per run")
 plt.tight_layout()''',
 "md:## Token lengths\n\nLong-tailed, as real text is: most paragraphs are short, a few are long.",
 '''full = outputs[-2]

@@ -5,11 +5,12 @@
 # exits 4 and leaves the running one alone), replaces the output atomically, resumes from
 # the cache after a crash, and logs JSON lines to data/out/pipeline.log.
 # Extra arguments go to `polars-embed run` (e.g. --model text-embedding-3-small).
-# Environment: POLARS_EMBED_OUT (default data/out), POLARS_EMBED_CACHE (default .cache/polars-embed).
+# Environment: POLARS_EMBED_OUT (default data/out); the cache is the one `make demo` and the
+# command use ($POLARS_EMBED_CACHE, else the user cache directory), so after `make demo` a run
+# finds every text there.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${POLARS_EMBED_OUT:-$repo/data/out}"
 mkdir -p "$out"
-export POLARS_EMBED_CACHE="${POLARS_EMBED_CACHE:-$repo/.cache/polars-embed}"
 exec "$repo/.venv/bin/polars-embed" run "$repo/data/sample.parquet" "$out/sample_embedded.parquet" \
     --column text --log-json "$@" 2>>"$out/pipeline.log"

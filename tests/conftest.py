@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import pytest
@@ -8,6 +11,23 @@ from polars_embed import Embedder
 from polars_embed.testing import EmbeddingServer
 
 API_KEY = "sk-test-0123456789"
+_HOME: str | None = None
+
+
+def pytest_configure(config):
+    """The suite never touches the user's home: HOME and the XDG directories point at a
+    temporary one for this process and every process it starts (onnxruntime writes a device
+    id under $XDG_CACHE_HOME on import, a Jupyter kernel its profile under $HOME)."""
+    global _HOME
+    _HOME = tempfile.mkdtemp(prefix="polars-embed-tests-home-")
+    for name, sub in (("HOME", ""), ("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
+                      ("XDG_DATA_HOME", ".local/share"), ("IPYTHONDIR", ".ipython")):
+        os.environ[name] = os.path.join(_HOME, sub) if sub else _HOME
+
+
+def pytest_unconfigure(config):
+    if _HOME is not None:
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

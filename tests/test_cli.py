@@ -177,3 +177,48 @@ def test_the_shipped_pipeline_script_runs(server, tmp_path):
     assert out.height == pl.read_parquet(repo / "data" / "sample.parquet").height
     log = [json.loads(line) for line in (tmp_path / "out" / "pipeline.log").read_text().splitlines()]
     assert any(e.get("event") == "summary" for e in log)
+
+
+def test_options_before_the_command_are_taken(env, capsys):
+    assert main(["-q", "run", str(env["src"]), str(env["out"]), *env["model"]]) == 0
+    assert main(["--log-json", "run", str(env["src"]), str(env["out"]), *env["model"]]) == 0
+    assert '"event": "summary"' in capsys.readouterr().err
+
+
+def test_a_dry_run_with_nothing_to_embed_says_about_no_time(env, capsys):
+    assert main(["run", str(env["src"]), str(env["out"]), *env["model"]]) == 0
+    capsys.readouterr()
+    assert main(["run", str(env["src"]), str(env["out"]), *env["model"], "--dry-run"]) == 0
+    assert "estimated time  ~0 s (nothing to embed)" in capsys.readouterr().out
+
+
+def test_a_dry_run_without_limits_speaks_of_the_options(env, tmp_path, capsys):
+    assert main(["run", str(env["src"]), str(env["out"]), *env["model"], "--dry-run"]) == 0
+    assert "unknown (no --rpm or --tpm given: nothing bounds the time)" in capsys.readouterr().out
+
+
+def test_doctor_fails_with_the_host_port_and_reason_of_an_endpoint_it_cannot_reach(env, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["doctor", "--base-url", f"http://127.0.0.1:{port}/v1"]) == 2
+    out = capsys.readouterr().out
+    assert f"FAIL  endpoint     http://127.0.0.1:{port}/v1 is not reachable: 127.0.0.1:{port} refused" in out
+
+
+def test_doctor_without_key_or_endpoint_checks_the_rest(env, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["doctor"]) == 0
+    assert "--    endpoint     https://api.openai.com/v1 not checked" in capsys.readouterr().out
+
+
+def test_the_ledger_shows_no_bill_for_a_local_model(tmp_path, capsys):
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"text": ["a cat", "a dog"]}).write_parquet(src)
+    assert main(["run", str(src), str(tmp_path / "out.parquet"), "--cache", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "--cache", str(tmp_path / "cache")]) == 0
+    assert "none (local)" in capsys.readouterr().out

@@ -276,3 +276,11 @@ def test_small_jobs_use_the_pool_and_each_text_goes_once(make_embedder, server):
     emb.embed(pl.Series("text", [f"second call row {i}" for i in range(20_000)]))
     log = server.ok_records()
     assert 16 <= len(log) <= 17 and len(server.texts_seen()) == 20_000
+
+
+def test_alias_names_the_vector_column_and_prefixes_the_others(make_embedder):
+    df = pl.DataFrame({"text": ["a", "b", None]})
+    out = df.with_columns(make_embedder().expr("text").alias("vec"))
+    assert out.columns == ["text", "vec", "vec_cache_hit", "vec_tokens", "vec_cost_usd"]
+    lazy = df.lazy().with_columns(embed_column("text", embedder=make_embedder()).alias("v")).collect_schema()
+    assert list(lazy) == ["text", "v", "v_cache_hit", "v_tokens", "v_cost_usd"]

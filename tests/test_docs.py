@@ -58,12 +58,20 @@ def test_readme_reuse_example_runs(server, tmp_path):
     proc = subprocess.run([sys.executable, "-c", block_after("reuse")], capture_output=True, text=True, env=env,
                           cwd=tmp_path, check=True)
     assert "last run" in proc.stdout and "total" in proc.stdout
-    assert (tmp_path / "data" / "out" / "sample_embedded.parquet").exists()
+    assert (tmp_path / "data" / "out" / "sample_3small.parquet").exists()  # the demo's output is left alone
+
+
+def demo_command() -> list[str]:
+    """What `make demo` runs."""
+    makefile = (Path(__file__).parent.parent / "Makefile").read_text()
+    m = re.search(r"^demo:.*\n\t\$\(BIN\)/(polars-embed run [^\n]+)", makefile, re.MULTILINE)
+    assert m, "the demo target"
+    return m.group(1).split()
 
 
 def test_readme_cli_transcript_is_what_the_command_prints(tmp_path):
-    """The README's `polars-embed run` transcript, run as written on the shipped sample (the
-    seconds and the cache directory are this machine's)."""
+    """The README's `polars-embed run` transcript, run as written on the shipped sample after
+    `make demo`, as a reader runs it (the seconds and the cache directory are this machine's)."""
     import shutil
 
     m = re.search(r"```console\n\$ (polars-embed run [^\n]+)\n(.*?)```", README, re.DOTALL)
@@ -73,6 +81,7 @@ def test_readme_cli_transcript_is_what_the_command_prints(tmp_path):
     shutil.copy(Path(__file__).parent.parent / "data" / "sample.parquet", tmp_path / "data" / "sample.parquet")
     exe = Path(sys.executable).parent / "polars-embed"
     env = {**os.environ, "POLARS_EMBED_CACHE": str(tmp_path / "cache")}
+    subprocess.run([str(exe), *demo_command()[1:]], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
     proc = subprocess.run([str(exe), *command[1:]], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
 
     def normal(text: str) -> str:

@@ -347,7 +347,7 @@ class Embedder:
             failure = exc  # the figures of what was paid are recorded first
         hits, failures = c.account(self.price, time.perf_counter() - started)
         self._stats.add(run.add(c.stats, c.keys, failures))
-        progress.end(c.stats.hit_rows)
+        progress.end(c.stats.hit_rows, c.stats.failed_rows)
         if failure is not None:
             raise failure
         if failures and self.on_error == "raise":
@@ -361,6 +361,7 @@ class Embedder:
         ours: list[int] = []
 
         def stored(items: list[Item], done: list[int], billed: int) -> None:
+            c.run.note_paid([key for key, _, _ in items])  # before another call can be handed them
             self._inflight.publish(claim, items)
             progress.done(done, billed, billed * self.price / 1e6)
 

@@ -13,7 +13,7 @@ import polars as pl
 
 from .pipeline.pack import schedule
 from .pipeline.plan import as_text, content_keys, make_plan
-from .pipeline.tokens import prepare_inputs
+from .pipeline.tokens import long_texts, prepare_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -23,17 +23,23 @@ if TYPE_CHECKING:
     from .pipeline.tokens import Piece
 
 
+#: The basis of a time that nothing bounds (the CLI says --rpm/--tpm).
+NO_LIMITS = "no rpm= or tpm= given: nothing bounds the time"
+
+
 @dataclass
 class Estimate:
     rows: int = 0
+    blank_rows: int = 0  # null, empty or whitespace-only: never sent
     distinct: int = 0
     cached: int = 0
     to_embed: int = 0
+    long_texts: int = 0  # of those, over the model's input limit: truncated or chunked (on_long_input)
     tokens_to_pay: int = 0
     requests: int = 0
     cost_usd: float = 0.0
     seconds: float | None = None  # see ``basis``; None when nothing bounds the time
-    basis: str = "no --rpm/--tpm given, nothing bounds the time"  # how ``seconds`` was estimated
+    basis: str = NO_LIMITS  # how ``seconds`` was estimated
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,9 +58,11 @@ class Estimate:
         import html
 
         time = f"~{self.seconds:,.0f} s ({self.basis})" if self.seconds is not None else f"unknown ({self.basis})"
-        rows = [("rows", f"{self.rows:,}"), ("distinct texts", f"{self.distinct:,}"),
+        rows = [("rows", f"{self.rows:,}"), ("null or blank rows", f"{self.blank_rows:,}"),
+                ("distinct texts", f"{self.distinct:,}"),
                 ("already cached", f"{self.cached:,}"), ("to embed", f"{self.to_embed:,} in {self.requests:,} requests"),
-                ("tokens to pay", f"{self.tokens_to_pay:,}"), ("cost", f"${self.cost_usd:.6f}"), ("time", time)]
+                ("over the input limit", f"{self.long_texts:,}"), ("tokens to pay", f"{self.tokens_to_pay:,}"),
+                ("cost", f"${self.cost_usd:.6f}"), ("time", time)]
         body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
         return f"<p><b>Estimate</b> (no request made)</p><table>{body}</table>"
 
@@ -73,6 +81,7 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
     for series in parts:
         plan = make_plan(as_text(series, column))
         est.rows += plan.n_rows
+        est.blank_rows += plan.n_blank
         keys = content_keys(plan.texts, prefix)
         new = [i for i, k in enumerate(keys) if k not in seen]
         seen.update(keys[i] for i in new)
@@ -89,6 +98,7 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
                                     max_input_tokens=stage.provider.limits.max_input_tokens, policy=stage.policy,
                                     owners=idx.tolist(), describe=lambda i: f"row {int(plan.first_row[i])} of column {column!r}")
             est.tokens_to_pay += sum(p.tokens for p in pieces)
+            est.long_texts += long_texts(pieces)
             return pieces
 
         for requests in schedule(misses, tokenize, stage.sizing, stream=network, probe=probe,
@@ -99,7 +109,9 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
         probe = False
     est.cost_usd = est.tokens_to_pay * embedder.price / 1e6
     rpm, tpm = stage.runner.limiter.rpm, stage.runner.limiter.tpm
-    if rpm or tpm:
+    if not est.to_embed:
+        est.seconds, est.basis = 0.0, "nothing to embed"
+    elif rpm or tpm:
         minutes = max(est.requests / rpm if rpm else 0.0, est.tokens_to_pay / tpm if tpm else 0.0)
         est.seconds = math.ceil(minutes * 60.0 * 10) / 10
         est.basis = "under the configured limits"

@@ -23,7 +23,7 @@ from .pipeline.run import SliceMemo
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from .embedder import Embedder
     from .pipeline.run import Run
@@ -70,7 +70,26 @@ def embedder_expr(emb: Embedder, column: str | pl.Expr, *, name: str = "embeddin
     source = col if row_index is None else pl.struct(col.alias("text"), pl.col(row_index).alias("row"))
     # return_dtype: Polars never calls us on dummy data (that would be a paid request).
     # is_elementwise: slices may be embedded independently, in parallel, in streaming.
-    return source.map_batches(evaluate, return_dtype=dtype, is_elementwise=True).struct.unnest()
+    expr = source.map_batches(evaluate, return_dtype=dtype, is_elementwise=True).struct.unnest()
+    return _EmbeddingExpr.wrap(expr, lambda alias: embedder_expr(emb, column, name=alias, row_index=row_index, run=run))
+
+
+class _EmbeddingExpr(pl.Expr):
+    """The expression ``embed_column`` returns. Its ``.alias("vec")`` is ``name="vec"``: the
+    vector column takes the alias and the others its prefix (``vec_cache_hit``, ...), where
+    Polars would give every output column the one name."""
+
+    _rename: Callable[[str], pl.Expr]
+
+    @classmethod
+    def wrap(cls, expr: pl.Expr, rename: Callable[[str], pl.Expr]) -> _EmbeddingExpr:
+        wrapped = cls._from_pyexpr(expr._pyexpr)
+        assert isinstance(wrapped, cls)
+        wrapped._rename = rename
+        return wrapped
+
+    def alias(self, name: str) -> pl.Expr:
+        return self._rename(name)
 
 
 def evaluate_slice(emb: Embedder, series: pl.Series, rows: pl.Series | None, run: Run, memo: SliceMemo, *,

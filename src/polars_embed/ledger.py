@@ -24,7 +24,7 @@ import polars as pl
 
 from .caches import default_cache_dir
 from .errors import LedgerError
-from .pipeline.stats import RunStats
+from .pipeline.stats import RunStats, hit_rate_expr
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -146,7 +146,7 @@ class Ledger:
             con.close()
 
     def frame(self) -> pl.DataFrame:
-        """Every record, oldest first, with a derived ``hit_rate`` column."""
+        """Every record, oldest first, with a derived ``hit_rate`` column (``stats.HIT_RATE``)."""
         rows: list[tuple[object, ...]] = []
         if self.path.exists():
             try:
@@ -160,7 +160,7 @@ class Ledger:
         df = pl.DataFrame(rows, schema=schema, orient="row")
         return df.with_columns(
             pl.col("started_at", "ended_at").str.to_datetime(time_zone="UTC"),
-            hit_rate=pl.col("hit_rows") / pl.max_horizontal(pl.col("hit_rows") + pl.col("misses"), 1),
+            hit_rate=hit_rate_expr(),
         )
 
 

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from .pipeline.stats import hit_rate_expr
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
 def _hit_rate() -> pl.Expr:
-    return (pl.col("hit_rows") / pl.max_horizontal(pl.col("rows"), 1) * 100).round(1).alias("hit rate (%)")
+    return (hit_rate_expr() * 100).round(1).alias("hit rate (%)")
 
 
 def readable_stats(full: pl.DataFrame) -> pl.DataFrame:
@@ -41,7 +43,10 @@ def readable_ledger(full: pl.DataFrame) -> pl.DataFrame:
         "model",
         "rows",
         _hit_rate(),
-        pl.col("tokens_billed").alias("tokens billed"),
+        # a local model bills nothing: its tokens are counted, not billed
+        pl.when(pl.col("provider") == "local").then(pl.lit("none (local)"))
+        .otherwise(pl.col("tokens_billed").map_elements(lambda v: f"{v:,}", return_dtype=pl.String))
+        .alias("tokens billed"),
         pl.col("cost_usd").round(6).alias("cost (USD)"),
         pl.col("cost_saved_usd").round(6).alias("saved (USD)"),
         "requests",

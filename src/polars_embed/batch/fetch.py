@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import BatchPendingError, CacheError, ProviderError
 from ..pipeline.fetch import Stopped
-from ..pipeline.tokens import prepare_inputs
+from ..pipeline.tokens import long_texts, prepare_inputs
 from .api import BatchAPI
 from .lines import read_output, request_line
 
@@ -93,6 +93,7 @@ class BatchFetch:
                                 max_input_tokens=limits.max_input_tokens, policy=self.stage.policy,
                                 owners=self.todo.tolist(), describe=self.describe)
         self.stats.tokens_counted += sum(p.tokens for p in pieces)
+        self.stats.long_texts += long_texts(pieces)
         for p in pieces:
             key = self.keys[p.owner]
             if key in self.refused:

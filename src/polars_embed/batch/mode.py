@@ -22,7 +22,7 @@ class BatchSettings:
     max_file_bytes: int = 200 * 2**20
     enqueued_tokens: int = 20_000_000  # your organization's enqueued-token limit for the model
     max_in_flight: int = 4  # batches submitted and not ended
-    poll_seconds: float = 30.0  # first wait between polls; grows 1.5x while nothing ends
+    poll_seconds: float = 2.0  # first wait between polls (a small batch may end in seconds); grows 1.5x while nothing ends
     max_poll_seconds: float = 600.0
     max_tries: int = 3  # batches a text may go out in before it fails for good
     wait: bool = True  # False: submit, collect what ended, raise BatchPendingError (cron)

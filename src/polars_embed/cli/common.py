@@ -98,7 +98,7 @@ _OPTIONS = [("mode='batch' needs the OpenAI Batch API (or a server that has it),
             ("model='local:", "--model local:"), ("pass base_url= and dimensions=", "pass --base-url and --dimensions"),
             ("pass dimensions=", "pass --dimensions"), ("dimensions=", "--dimensions "),
             ("price_per_million", "--price"), ("max_workers", "--workers"), ("max_cost", "--max-cost"),
-            ("rpm must", "--rpm must"), ("tpm must", "--tpm must"), ("limiter= must be a Limiter object or", "--limiter must be"),
+            ("no rpm= or tpm= given", "no --rpm or --tpm given"), ("rpm must", "--rpm must"), ("tpm must", "--tpm must"), ("limiter= must be a Limiter object or", "--limiter must be"),
             ("cache '", "--cache '")]
 
 

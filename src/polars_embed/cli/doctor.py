@@ -26,8 +26,11 @@ def command(args: argparse.Namespace) -> int:
     checks.append(("API key", True if key else None,
                    "OPENAI_API_KEY is set" if key else "OPENAI_API_KEY is not set: only --model local:... will work"))
     base = args.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-    ok, detail = _reachable(base)
-    checks.append(("endpoint", ok, detail.replace(base, without_credentials(base))))
+    if key or args.base_url or os.environ.get("OPENAI_BASE_URL"):  # the endpoint matters to someone who means to use it
+        ok, detail = _reachable(base)
+        checks.append(("endpoint", ok, detail.replace(base, without_credentials(base))))
+    else:
+        checks.append(("endpoint", None, f"{base} not checked: no key, and no --base-url or OPENAI_BASE_URL"))
     try:
         import numpy as np
 
@@ -59,9 +62,7 @@ def command(args: argparse.Namespace) -> int:
         checks.append(("local model", False, str(exc)))
     for name, passed, detail in checks:
         print(f"{'--  ' if passed is None else 'ok  ' if passed else 'FAIL'}  {name:<12} {detail}")
-    # the endpoint matters only to someone who means to use it
-    required = [p for name, p, _ in checks if p is not None and (name != "endpoint" or key or args.base_url)]
-    return EXIT_OK if all(required) else EXIT_USAGE
+    return EXIT_USAGE if any(passed is False for _, passed, _ in checks) else EXIT_OK
 
 
 def _reachable(base_url: str) -> tuple[bool, str]:
@@ -73,6 +74,35 @@ def _reachable(base_url: str) -> tuple[bool, str]:
             status = r.status
     except urllib.error.HTTPError as exc:  # an answer all the same (401 without a key)
         status = exc.code
-    except Exception as exc:  # noqa: BLE001
-        return False, f"{base_url} is not reachable ({type(exc).__name__})"
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never raises
+        return False, f"{base_url} is not reachable: {_where(base_url)} {_reason(exc)}"
     return True, f"{base_url} answers (HTTP {status})"
+
+
+def _where(url: str) -> str:
+    """``host:port`` of ``url`` (the scheme's port when none is given)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme, 0)
+    except ValueError:
+        return "(a port that is not a number)"
+    return f"{parts.hostname or '?'}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    """What the resolver or the socket said, not only the exception's name."""
+    import socket
+    import urllib.error
+
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(cause, socket.gaierror):
+        return f"cannot be resolved ({cause.strerror or cause})"
+    if isinstance(cause, ConnectionRefusedError):
+        return "refused the connection (nothing listens there)"
+    if isinstance(cause, (TimeoutError, socket.timeout)):
+        return "did not answer within 5 s"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"failed: {cause.strerror}"
+    return f"failed: {cause}" if str(cause) else f"failed: {type(cause).__name__}"

@@ -4,7 +4,8 @@
 Errors are one line on stderr (``--debug`` shows the traceback). Exit codes:
 0 done; 1 finished, but some rows failed; 2 usage, configuration, input or output error;
 3 stopped by --max-cost; 4 another run holds the output's lock; 5 the provider failed
-for good; 6 the shared Redis failed for good; 130 interrupted (Ctrl-C). Finished work is cached in every case.
+for good; 6 the shared Redis failed for good; 130, 143, 129 stopped by SIGINT (Ctrl-C), SIGTERM or
+SIGHUP (see ``stopping.py``). Finished work is cached in every case.
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="polars-embed",
         description="Embed text columns cheaply, fast and without losing work.",
         epilog="Exit codes: 0 done, 1 some rows failed, 2 usage, configuration, input or output error, 3 --max-cost reached, "
-        "4 output locked by another run, 5 provider failed, 6 the shared Redis failed, 130 interrupted.",
+        "4 output locked by another run, 5 provider failed, 6 the shared Redis failed, 130/143/129 stopped by "
+        "SIGINT/SIGTERM/SIGHUP.",
     )
     parser.add_argument("--version", action="version", version=f"polars-embed {__version__}")
+    # also before the command (`polars-embed -q run ...`); a subparser's own defaults would
+    # overwrite these, so they have names of their own and are merged in main()
+    parser.add_argument("--quiet", "-q", action="store_true", dest="quiet_", help="no progress bar, warnings only")
+    parser.add_argument("--log-json", action="store_true", dest="log_json_", help="log JSON lines to stderr")
+    parser.add_argument("--debug", action="store_true", dest="debug_", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for group in COMMANDS.values():
@@ -44,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ("quiet", "log_json", "debug"):
+        setattr(args, name, getattr(args, name, False) or getattr(args, name + "_"))
     setup_logging(args)
     # warnings (a cache or a ledger that cannot be written) are one log line each, not file:line noise
     warnings.showwarning = lambda message, *_, **__: log.warning(str(message).removeprefix("polars-embed: "))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 from typing import Any
 
 from ..errors import BatchPendingError, ConfigurationError
-from .common import EXIT_FAILED_ROWS, EXIT_INTERRUPTED, EXIT_OK, add_common, add_model, log
+from .common import EXIT_FAILED_ROWS, EXIT_OK, add_common, add_model, log
+from .report import Progress, print_estimate, print_summary, summary_fields
+from .stopping import Stopper
 
 
 def add_parser(sub: Any) -> None:
@@ -38,7 +39,9 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--detach", action="store_true",
                      help="with --batch: submit, collect what ended, and exit 0; the same command later "
                      "collects the rest and writes OUTPUT when every batch has ended")
-    run.add_argument("--poll-seconds", type=float, default=30.0, help="with --batch: first wait between polls (default: 30)")
+    run.add_argument("--poll-seconds", type=float, default=2.0,
+                     help="with --batch: first wait between polls, growing 1.5x while nothing ends, up to 10 minutes "
+                     "(default: 2)")
     run.add_argument("--enqueued-tokens", type=int, default=20_000_000,
                      help="with --batch: your enqueued-token limit for the model (default: 20,000,000)")
     run.add_argument("--limiter", default=None, metavar="REDIS_URL",
@@ -104,16 +107,8 @@ def command(args: argparse.Namespace) -> int:
     options = _options(args)
     emb = Embedder(**options)
     if args.dry_run:
-        est = job.dry_run(emb, args.input, column=args.column, partition_rows=args.partition_rows)
-        eta = f"~{est.seconds:,.0f} s ({est.basis})" if est.seconds is not None else f"unknown ({est.basis})"
-        print(f"dry run of {args.input} ({emb.model}, {emb.dimensions} dims): no request made")
-        print(f"  rows            {est.rows:,}")
-        print(f"  distinct texts  {est.distinct:,}")
-        print(f"  already cached  {est.cached:,}")
-        print(f"  to embed        {est.to_embed:,} in {est.requests:,} requests")
-        print(f"  tokens to pay   {est.tokens_to_pay:,}")
-        print(f"  estimated cost  ${est.cost_usd:.6f}")
-        print(f"  estimated time  {eta}")
+        print_estimate(emb, job.dry_run(emb, args.input, column=args.column, partition_rows=args.partition_rows),
+                       args.input)
         return EXIT_OK
 
     import polars as pl
@@ -122,43 +117,26 @@ def command(args: argparse.Namespace) -> int:
     job.require_column(lf, args.column, args.input)
     with job.readable(args.input):
         rows = lf.select(pl.len()).collect().item()
-    bar = Progress(rows, disable=args.quiet or not sys.stderr.isatty())
     log.info(f"embedding {args.input}[{args.column}] with {emb.model} into {args.output}",
              extra={"fields": {"event": "start", "rows": rows, "model": emb.model}})
+    bar = Progress(rows, disable=args.quiet or not sys.stderr.isatty())
+    stopper = Stopper(emb)
     try:
-        if args.engine == "ray":
-            from ..scale import ray_job
-
-            result = ray_job.run(emb, options, args.input, args.output, column=args.column, name=args.name,
-                                    partition_rows=args.partition_rows, address=args.ray_address,
-                                    actors=args.actors, on_progress=bar.update)
-        else:
-            result = job.run(emb, args.input, args.output, column=args.column, name=args.name,
-                             partition_rows=args.partition_rows, on_progress=bar.update)
+        with stopper, bar:
+            result = _embed(args, emb, options, bar)
     except BatchPendingError as exc:  # --detach: submitted; a later run collects
         print(f"polars-embed: {exc}")
         print(f"  batches: {', '.join(exc.batch_ids) or 'none in flight'}; `polars-embed batch status` lists them")
         return EXIT_OK
     except KeyboardInterrupt:
-        bar.close()
         log.warning(f"interrupted after {bar.done.rows:,} rows; finished requests are cached, "
                     f"rerun the same command to resume (cached rows cost nothing)")
-        return EXIT_INTERRUPTED
+        return stopper.exit_code
     finally:
-        bar.close()
         emb.close()
-    s = result.stats
-    hits = s.hit_rows
-    summary = {
-        "rows": s.rows, "distinct": s.distinct, "new_texts": s.misses, "hits": hits, "cached_rows": s.cached_rows,
-        "repeated_rows": hits - s.cached_rows, "tokens_billed": s.tokens_billed,
-        "cost_usd": round(s.cost_usd, 8), "cost_saved_usd": round(s.cost_saved_usd, 8), "requests": s.requests,
-        "retries": s.retries, "failed_rows": len(result.failed), "wall_seconds": round(s.wall_seconds, 2),
-        "output": str(result.output),
-    }
     log.log(logging.INFO if args.log_json else logging.DEBUG, "run finished",
-            extra={"fields": {"event": "summary", **summary}})
-    _print_summary(emb, result)
+            extra={"fields": {"event": "summary", **summary_fields(result)}})
+    print_summary(emb, result)
     if result.failed:
         first, reason = next(iter(result.failed.items()))
         log.warning(f"{len(result.failed)} rows failed (first: row {first}: {reason}); they have a null vector and a reason in {args.name}_error")
@@ -166,58 +144,15 @@ def command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_summary(emb: Any, result: Any) -> None:
-    s = result.stats
-    repeats = s.hit_rows - s.cached_rows
-    print(f"embedded {s.rows:,} rows ({s.distinct:,} distinct texts) with {emb.model} in {s.wall_seconds:.1f} s")
-    unit = "batch" if emb.mode == "batch" else "request"
-    print(f"  new texts      {s.misses:,} embedded in {s.requests:,} {unit}{'es' if unit == 'batch' and s.requests != 1 else 's' * (s.requests != 1)} "
-          f"({s.retries} retr{'ies' if s.retries != 1 else 'y'})")
-    print(f"  cache hits     {s.hit_rows:,} rows ({s.hit_rows / max(1, s.rows):.0%}): {s.cached_rows:,} in the "
-          f"cache before this run, {repeats:,} repeats within it")
-    if emb.price:
-        print(f"  tokens billed  {s.tokens_billed:,}")
-        price = f", Batch API price ${emb.price:g}/1M tokens" if emb.mode == "batch" else ""
-        print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f}{price})")
-    elif emb.provider.name == "local":
-        print(f"  tokens         {s.tokens_counted:,} counted; a local model costs nothing but time")
-    else:
-        print(f"  tokens billed  {s.tokens_billed:,} (no price known for {emb.model}: --price counts the cost)")
-    print(f"  failed rows    {len(result.failed):,}")
-    if s.uncached:
-        print(f"  not cached     {s.uncached:,} texts: the cache could not be written (see the warning)")
-    if s.cache_damaged:
-        print(f"  damaged cache  {s.cache_damaged:,} entries: fetched again and overwritten")
-    where = getattr(emb.cache, "directory", None) or getattr(emb.cache, "location", None)
-    print(f"  cache          {where if where is not None else 'none (--no-cache)'}")
-    print(f"  wrote          {result.output}")
+def _embed(args: argparse.Namespace, emb: Any, options: dict[str, Any], bar: Progress) -> Any:
+    """The job on the engine ``--engine`` names."""
+    from .. import job
 
+    if args.engine == "ray":
+        from ..scale import ray_job
 
-class Progress:
-    """The progress bar of ``run``: advances as each request ends, with rows/s, ETA, hit
-    rate and cost so far (tqdm, on stderr when it is a terminal)."""
-
-    def __init__(self, total: int, *, disable: bool) -> None:
-        from ..pipeline.stats import RunStats
-
-        self.done = RunStats()
-        self._lock = threading.Lock()
-        self._bar: Any = None
-        if not disable:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, unit="rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-
-    def update(self, delta: Any) -> None:
-        with self._lock:
-            self.done.add(delta)
-            if self._bar is not None:
-                self._bar.update(delta.rows)
-                hit_rate = self.done.hit_rows / max(1, self.done.rows)
-                self._bar.set_postfix_str(f"hits {hit_rate:.0%}, ${self.done.cost_usd:.4f}", refresh=False)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
+        return ray_job.run(emb, options, args.input, args.output, column=args.column, name=args.name,
+                           partition_rows=args.partition_rows, address=args.ray_address, actors=args.actors,
+                           on_progress=bar.update)
+    return job.run(emb, args.input, args.output, column=args.column, name=args.name,
+                   partition_rows=args.partition_rows, on_progress=bar.update)

@@ -169,6 +169,11 @@ class AdaptiveConcurrency:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["maximum"])  # type: ignore[misc]
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being sent or answered right now."""
+        return self._in_flight
+
     def acquire(self) -> None:
         with self._cond:
             while self._in_flight >= self.limit:

@@ -10,18 +10,19 @@ offending rows (``Fetch.bisect``).
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import CacheError, ProviderError, RequestRefusedError
 from .pack import schedule
-from .runner import status_of
-from .tokens import Piece, prepare_inputs
+from .runner import Stopped, status_of
+from .tokens import Piece, long_texts, prepare_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 UNCOUNTED = -1
 #: (cache key, vector, tokens) of a text whose every piece is back.
 Item = tuple[bytes, np.ndarray, int]
-
-
-class Stopped(Exception):
-    """The run was stopped (Ctrl-C, or an error in another slice): nothing more is sent."""
 
 
 @dataclass
@@ -187,6 +184,7 @@ class Fetch:
                 self.n_pieces[p.owner] += 1
                 self.pending[p.owner] += 1
             self.stats.tokens_counted += sum(p.tokens for p in pieces)
+            self.stats.long_texts += long_texts(pieces)
         return pieces
 
     def untokenized(self, idx: np.ndarray) -> list[Piece] | None:
@@ -262,8 +260,15 @@ class Fetch:
         tokens = sum(max(0, p.tokens) for p in batch)  # an uncounted request goes only without tpm and max_cost
         estimate = tokens * stage.price / 1e6
         stage.budget.reserve(estimate)
+        embed: Any = stage.provider.embed
+        # a local model: a stop ends its request after the mini-batch running
+        extra = {"stop": self.stop} if getattr(stage.provider, "stops_between_batches", False) else {}
+        send = functools.partial(embed, [p.text for p in batch], **extra)
         try:
-            result = stage.runner.call(lambda: stage.provider.embed([p.text for p in batch]), tokens, self.on_retry)
+            result = stage.runner.call(send, tokens, self.on_retry, self.stop)
+        except Stopped:
+            stage.budget.settle(estimate, 0.0)
+            raise
         except ProviderError as exc:
             stage.budget.settle(estimate, 0.0)
             if not exc.blames_input:

@@ -98,7 +98,7 @@ def wait_shared(cache: Any, c: Any, elsewhere: list[int], stop: threading.Event)
     which this process must fetch."""
     if not elsewhere:
         return []
-    from .fetch import Stopped
+    from .runner import Stopped
 
     values, reclaimed = cache.wait([c.keys[i] for i in elsewhere], stop)
     if len(values) + len(reclaimed) < len(elsewhere):

@@ -113,6 +113,7 @@ class Run:
         self._failures: list[Failure] = []
         self._distinct = _KeySet()
         self._paid = _KeySet()  # texts paid for in this run
+        self._counted = _KeySet()  # texts counted as in the cache before this run
         self._record = record
         self._run_cache: MemoryCache | None = None
         self._lock = threading.Lock()
@@ -161,14 +162,23 @@ class Run:
         """Send nothing more (Ctrl-C, or an error in another slice); what is in flight ends."""
         self.stopping.set()
 
-    def note_paid(self, paid: list[bytes], cached: list[bytes]) -> np.ndarray:
-        """Record the texts a call paid for; returns which of the ``cached`` ones were paid
-        earlier in this run (repeats within the run, not entries the cache had before)."""
-        with self._lock:
-            earlier = self._paid.contains(cached)
-            if paid:
+    def note_paid(self, paid: list[bytes]) -> None:
+        """Texts this run paid for, noted as each request's answers are stored: before any
+        other call of the run can find them in the cache or be handed them."""
+        if paid:
+            with self._lock:
                 self._paid.add(paid)
-        return earlier
+
+    def count_cached(self, cached: list[bytes]) -> np.ndarray:
+        """Which of a call's ``cached`` texts the cache had before this run: not paid in
+        this run, and not counted already by another call (a partition) of it. The others
+        repeat a row of the run."""
+        if not cached:
+            return np.zeros(0, dtype=bool)
+        with self._lock:
+            before = ~(self._paid.contains(cached) | self._counted.contains(cached))
+            self._counted.add([k for k, b in zip(cached, before.tolist()) if b])
+        return before
 
     def progress(self, delta: RunStats) -> None:
         if self.on_progress is not None:
@@ -303,7 +313,7 @@ class CallProgress:
         self.hits = int(self.weights[from_cache].sum())  # rows of cached texts
         self.reported = plan.n_blank + self.hits
         self.total = plan.n_rows
-        run.progress(RunStats(rows=self.reported, hit_rows=self.hits))
+        run.progress(RunStats(rows=self.reported, blank_rows=plan.n_blank, hit_rows=self.hits))
 
     def done(self, texts: list[int], billed: int, cost: float) -> None:
         rows = int(self.weights[texts].sum())
@@ -312,8 +322,9 @@ class CallProgress:
         self.run.progress(RunStats(rows=rows, hit_rows=rows - len(texts), requests=1, tokens_billed=billed,
                                    cost_usd=cost))
 
-    def end(self, hit_rows: int) -> None:
-        self.run.progress(RunStats(rows=self.total - self.reported, hit_rows=hit_rows - self.hits))
+    def end(self, hit_rows: int, failed_rows: int) -> None:
+        self.run.progress(RunStats(rows=self.total - self.reported, hit_rows=hit_rows - self.hits,
+                                   failed_rows=failed_rows))
 
 
 @dataclass
@@ -333,7 +344,7 @@ class Call:
 
     def __post_init__(self) -> None:
         n_texts = len(self.plan.texts)
-        self.stats = RunStats(rows=self.plan.n_rows, distinct=n_texts,
+        self.stats = RunStats(rows=self.plan.n_rows, blank_rows=self.plan.n_blank, distinct=n_texts,
                               duplicate_hits=self.plan.n_rows - self.plan.n_blank - n_texts)
 
     def lookup(self, idx: np.ndarray, *, again: bool = False) -> np.ndarray:
@@ -373,8 +384,8 @@ class Call:
         stats.cost_saved_usd = float(res.tokens[plan.inverse[hits]].sum()) * price / 1e6
         stats.wall_seconds = wall_seconds
         cached = np.flatnonzero(self.from_cache)
-        paid = [self.keys[i] for i in np.flatnonzero(~self.from_cache) if int(i) not in res.errors]
-        stats.cached_rows = int((~self.run.note_paid(paid, [self.keys[i] for i in cached])).sum())
+        self.run.note_paid([self.keys[i] for i in np.flatnonzero(~self.from_cache) if int(i) not in res.errors])
+        stats.cached_rows = int(self.run.count_cached([self.keys[i] for i in cached]).sum())
         failed_rows = np.flatnonzero(np.isin(plan.inverse, list(res.errors))) if res.errors else np.empty(0, np.int64)
         rows = self.rows
         return hits, [Failure(None if rows is None else int(rows[r]), plan.texts[plan.inverse[r]],

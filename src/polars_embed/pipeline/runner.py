@@ -70,6 +70,10 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 log = logging.getLogger("polars_embed")
 
+
+class Stopped(Exception):
+    """The run was stopped (Ctrl-C, a signal, or an error in another slice): nothing more is sent."""
+
 #: Attempts at most for a request whose answers are malformed (a real API bills each).
 MALFORMED_ATTEMPTS = 3
 #: The longest wait between two attempts, and the longest pause a 429 may impose (seconds).
@@ -174,11 +178,14 @@ class Runner:
         fn: Callable[[], Any],
         tokens: int,
         on_retry: Callable[[BaseException], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Any:
         """Call ``fn`` under the limiter, retrying transient failures.
 
         Raises ``ProviderError`` (with the status code) when the failure is permanent or
-        the retries are used up. ``on_retry`` sees each exception that is retried.
+        the retries are used up. ``on_retry`` sees each exception that is retried. Once
+        ``stop`` is set nothing more is sent: a wait between attempts ends at once, and a
+        request that waited for the quota raises ``Stopped`` instead of leaving.
         """
 
         def before_sleep(state: RetryCallState) -> None:
@@ -201,7 +208,7 @@ class Runner:
             wait=wait_retry_after(wait_backoff(initial=0.25, max=20.0, jitter=0.5),
                                  min(MAX_WAIT, self.max_retry_seconds)),
             retry=retry_if_exception(is_retryable),
-            sleep=self.sleep,
+            sleep=self.sleep if stop is None or self.sleep is not time.sleep else lambda s: _nap(stop, s),
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -209,6 +216,9 @@ class Runner:
         def attempt() -> Any:
             self.limiter.acquire(tokens)
             self.concurrency.acquire()
+            if stop is not None and stop.is_set():
+                self.concurrency.release(throttled=False)
+                raise Stopped("the run was stopped")
             throttled = False
             try:
                 result = fn()
@@ -225,7 +235,7 @@ class Runner:
 
         try:
             return retrying(attempt)
-        except PolarsEmbedError:
+        except (PolarsEmbedError, Stopped):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure of the client becomes one ProviderError
             # not chained: the client's exception quotes the server, which may quote the key
@@ -243,6 +253,11 @@ class Runner:
             message = self.redact(message)
         where = f" to {self.endpoint}" if self.endpoint else ""
         log.info(f"retrying a request{where} (attempt {attempt + 1} of {self.max_attempts}): {message}")
+
+
+def _nap(stop: threading.Event, seconds: float) -> None:
+    """A wait between attempts that a stop ends at once."""
+    stop.wait(seconds)
 
 
 def to_provider_error(exc: BaseException, redact: Callable[[str], str] | None = None,

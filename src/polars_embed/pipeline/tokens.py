@@ -74,6 +74,7 @@ class Piece(NamedTuple):
     owner: int  # index of the distinct text it belongs to
     text: str
     tokens: int
+    cut: bool = False  # a piece of a text over the input limit (truncated, or one of its chunks)
 
 
 def prepare_inputs(
@@ -119,5 +120,10 @@ def _fit(owner: int, ids: list[int], tokenizer: Tokenizer, limit: int) -> Piece:
         text = tokenizer.decode(ids)
         n = len(tokenizer.encode_batch([text])[0])
         if n <= limit or not ids:
-            return Piece(owner, text, n)
+            return Piece(owner, text, n, cut=True)
         ids = ids[: len(ids) - (n - limit)]
+
+
+def long_texts(pieces: Sequence[Piece]) -> int:
+    """How many texts of ``pieces`` were over the input limit (truncated or chunked)."""
+    return len({p.owner for p in pieces if p.cut})
