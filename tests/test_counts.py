@@ -11,12 +11,12 @@ import json
 
 import polars as pl
 import pytest
-from conftest import API_KEY
 
 from polars_embed import Embedder, ledger
 from polars_embed.cli import main
 
 DISTINCT, COPIES, BLANKS = 1000, 3, 150
+API_KEY = "sk-test"  # not `from conftest import`: a full run finds tests/reliability's conftest first
 
 
 @pytest.fixture
