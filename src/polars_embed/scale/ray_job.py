@@ -265,9 +265,11 @@ class Accounts:
                               cost_usd=figures.cost_usd, uncached=figures.uncached), [], [])
 
     def close(self) -> None:
-        """Cache hits on texts paid in this run (by another actor) are repeats within it."""
+        """Each text the cache had before this run counts once, whichever batches found it;
+        cache hits on texts paid in this run (by another actor) are repeats within it."""
         paid = np.concatenate(self.paid) if self.paid else np.empty(0, np.uint64)
-        before = sum(int((~np.isin(found, paid)).sum()) for found in self.found)
+        found = np.unique(np.concatenate(self.found)) if self.found else np.empty(0, np.uint64)
+        before = int((~np.isin(found, paid)).sum())
         self.run.add(RunStats(cached_rows=before - self.cached), [], [])
 
 
