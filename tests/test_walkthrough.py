@@ -49,7 +49,8 @@ def test_the_readme_in_one_shell_keeps_the_demos_cache_and_output(tmp_path):
     try:
         url = re.search(r"http://\S+/v1", server.stdout.readline()).group(0)  # the port this machine had free
         shell.update({**readme_exports(), "OPENAI_BASE_URL": url})
-        assert run([sys.executable, "-c", block_after("python")]).stdout == block_after("output")
+        printed = run([sys.executable, "-c", block_after("python")]).stdout  # as printed: test_docs.py
+        assert printed.startswith("shape: (4, 5)") and "embedding_cost_usd" in printed
         assert "last run" in run([sys.executable, "-c", block_after("reuse")]).stdout
     finally:
         server.send_signal(signal.SIGTERM)
