@@ -33,14 +33,6 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(event)
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if args.log_json else logging.Formatter("polars-embed: %(message)s"))
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel(logging.DEBUG if args.debug else logging.INFO if not args.quiet else logging.WARNING)
-
-
 def setup_logging(args: argparse.Namespace) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if args.log_json else logging.Formatter("polars-embed: %(message)s"))

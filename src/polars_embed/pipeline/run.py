@@ -384,6 +384,8 @@ class Call:
         stats.cost_saved_usd = float(res.tokens[plan.inverse[hits]].sum()) * price / 1e6
         stats.wall_seconds = wall_seconds
         cached = np.flatnonzero(self.from_cache)
+        # the sync and batch fetches note what they pay as they store it; this notes what batch
+        # mode's claim() turned into a paid row after the fetch (collected by another call or process)
         self.run.note_paid([self.keys[i] for i in np.flatnonzero(~self.from_cache) if int(i) not in res.errors])
         stats.cached_rows = int(self.run.count_cached([self.keys[i] for i in cached]).sum())
         failed_rows = np.flatnonzero(np.isin(plan.inverse, list(res.errors))) if res.errors else np.empty(0, np.int64)
