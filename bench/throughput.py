@@ -44,7 +44,8 @@ from corpus import corpus
 
 from polars_embed import Embedder, Limits
 from polars_embed.caches import DiskCache
-from polars_embed.pipeline.plan import content_keys, make_plan
+from polars_embed.identity import content_keys
+from polars_embed.pipeline.plan import make_plan
 from polars_embed.testing import server_vector
 
 MODEL = "text-embedding-3-small"
@@ -116,11 +117,11 @@ def langchain_run(texts: list[str], dims: int, store: str) -> float | None:
 def raw_floor(texts: list[str], dims: int, cache_dir: str) -> float:
     """Content hash + cache read + assembling the Array column: nothing else."""
     cache = DiskCache(cache_dir)
-    prefix = Embedder(MODEL, base_url=BASE + "/v1", api_key="bench", dimensions=dims, cache=False,
-                      ledger=False).key_prefix()
+    identity = Embedder(MODEL, base_url=BASE + "/v1", api_key="bench", dimensions=dims, cache=False,
+                        ledger=False).identity
     t = time.perf_counter()
     plan = make_plan(pl.Series("text", texts))
-    keys = content_keys(plan.texts, prefix)
+    keys = content_keys(plan.texts, identity)
     values = cache.get_many(keys)
     mat = np.stack([v[0] for v in values])[plan.inverse]
     pl.Series("embedding", pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), dims))

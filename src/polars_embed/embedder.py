@@ -30,6 +30,7 @@ from .errors import (
     ProviderError,
     SharedStateError,
 )
+from .identity import content_keys
 from .ledger import open_ledger
 from .limiters import shared_limiter
 from .pipeline.assemble import assemble
@@ -37,12 +38,15 @@ from .pipeline.budget import Budget
 from .pipeline.fetch import Fetch, Results, Stage, Stopped
 from .pipeline.inflight import InFlight, claim_shared, release_shared, wait_shared
 from .pipeline.pack import Sizing
-from .pipeline.plan import as_text, content_keys, key_prefix, make_plan
-from .pipeline.run import Call, CallProgress, Failure, Run, failures_frame, rows_failed, run_status
+from .pipeline.plan import as_text, make_plan
+from .pipeline.run import Call, CallProgress, Failure, Run, rows_failed, run_status
 from .pipeline.runner import Runner
-from .pipeline.stats import RunStats, StatsBook
+from .pipeline.stats import StatsBook
+from .pipeline.tokens import over_limit
 from .providers import make_provider
+from .providers.base import identity_for
 from .providers.pricing import price_for
+from .show import Figures
 from .validate import check_settings
 
 if TYPE_CHECKING:
@@ -57,15 +61,23 @@ if TYPE_CHECKING:
 OnError = Literal["raise", "null"]
 
 
-class Embedder:
+class Embedder(Figures):
     """Holds everything one embedding job needs; reuse it across calls and frames.
 
     Parameters
     ----------
     model
         ``"text-embedding-3-small"`` (default), ``"-3-large"``, ``"text-embedding-ada-002"``,
-        any model of an OpenAI-compatible ``base_url`` (with ``dimensions=``), or
-        ``"local:all-MiniLM-L6-v2"`` to run offline.
+        any model of an OpenAI-compatible ``base_url`` (with ``dimensions=``),
+        ``"local:all-MiniLM-L6-v2"`` to run offline, or another provider's as
+        ``"<provider>:<model>"``: ``azure:<deployment>``, ``voyage:``, ``cohere:``, ``gemini:``,
+        ``bedrock:<model id>``, ``ollama:`` (README, "Providers").
+    input_type
+        ``"document"`` (default) or ``"query"``, sent to providers that embed the two
+        differently (and a provider's own roles, e.g. Cohere's ``"clustering"``); accepted
+        and without effect where a provider has no roles. Part of the cache key where it matters.
+    provider_options
+        The provider's own settings (e.g. Azure's ``api_version``, Bedrock's ``region``).
     dimensions
         Output size; required for a model not in the table.
     base_url, api_key
@@ -128,6 +140,8 @@ class Embedder:
         mode: Literal["sync", "batch"] = "sync",
         batch: BatchSettings | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        input_type: str = "document",
+        provider_options: dict[str, Any] | None = None,
     ) -> None:
         for setting, value, allowed in (("on_long_input", on_long_input, ("truncate", "chunk", "error")),
                                         ("on_error", on_error, ("raise", "null")), ("mode", mode, ("sync", "batch"))):
@@ -138,14 +152,19 @@ class Embedder:
                        max_workers=1 if max_workers is None else max_workers, max_attempts=max_attempts,
                        max_retry_seconds=max_retry_seconds)
         self.provider = provider or make_provider(
-            model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
+            model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits,
+            input_type=input_type, options=provider_options,
         )
+        if provider is not None and input_type != getattr(provider, "input_type", "document"):
+            msg = f"input_type={input_type!r} differs from the given provider's {getattr(provider, 'input_type', 'document')!r}; set it on the provider"
+            raise ConfigurationError(msg)
         if max_workers is None:  # requests wait on the network; a local model on the cores
             max_workers = 16 if self.provider.waits_on_network else (os.cpu_count() or 1)
         self.cache = open_cache(cache)
         self.ledger = open_ledger(ledger, self.cache)
         self.source = source
         self.cache_namespace = cache_namespace
+        self.identity = identity_for(self.provider, on_long_input, cache_namespace)
         self.on_long_input = on_long_input
         self.on_error = on_error
         self.mode, self.batch = mode, batch_mode(self.provider, mode, batch, on_long_input)
@@ -156,7 +175,7 @@ class Embedder:
         self.stage = Stage(
             provider=self.provider, runner=self.runner, budget=Budget(max_cost), price=self.price,
             sizing=Sizing(self.provider.limits, max_workers, self.runner.limiter), policy=on_long_input,
-            tag=f"{self.provider.name}:{self.provider.model}:{self.provider.dimensions}",
+            tag=f"{self.provider.name}:{self.provider.model}:{self.provider.dimensions}", identity=self.identity,
         )
         self._stats = StatsBook()
         self._init_state()
@@ -189,10 +208,9 @@ class Embedder:
         self.__dict__.update(state)
         self._init_state()
 
-    def key_prefix(self) -> Any:
-        """The cache keys' hasher for this embedder's texts (see ``pipeline/plan.py``)."""
-        namespace = getattr(self.provider, "cache_namespace", "") if self.cache_namespace is None else self.cache_namespace
-        return key_prefix(self.provider.name, self.model, self.dimensions, namespace)
+    def keys(self, texts: list[str]) -> list[bytes]:
+        """The cache key of each text: derived from this embedder's ``identity`` only."""
+        return content_keys(texts, self.identity)
 
     def metadata(self) -> dict[str, str]:
         """Key-value metadata for files written from this embedder's output."""
@@ -208,37 +226,6 @@ class Embedder:
         if self.on_error == "null":
             out[f"{name}_error"] = pl.String()
         return out
-
-    # -- figures -------------------------------------------------------------------------
-    def _repr_html_(self) -> str:
-        """In a notebook: the configuration, then the statistics table."""
-        import html
-
-        head = (f"<p><b>Embedder</b> {html.escape(self.model)} &middot; {self.dimensions} dimensions &middot; "
-                f"{html.escape(repr(self.cache))} &middot; {self._stats.runs} runs</p>")
-        return head + self.stats()._repr_html_()
-
-    def stats(self, *, full: bool = False) -> pl.DataFrame:
-        """The last run and every run so far: rows, hit rate, cost, cost saved, tokens,
-        requests, seconds; ``full=True``: every counter (see ``RunStats``)."""
-        from .show import readable_stats
-
-        return self._stats.frame() if full else readable_stats(self._stats.frame())
-
-    @property
-    def last_stats(self) -> RunStats:
-        """The figures of the last run (every slice of it, however Polars split it)."""
-        return self._stats.last
-
-    @property
-    def total_stats(self) -> RunStats:
-        return self._stats.total
-
-    @property
-    def last_failures(self) -> pl.DataFrame:
-        """The rows of the last run that could not be embedded: ``row`` (null where Polars
-        did not say which row a slice starts at), ``text`` and ``error``."""
-        return self._last_run.failures if self._last_run is not None else failures_frame([])
 
     def close(self) -> None:
         self.runner.close()
@@ -327,10 +314,13 @@ class Embedder:
     def plan(self, series: pl.Series, run: Run, column: str, rows: np.ndarray | None) -> Call:
         """Plan one slice of ``run`` and look its texts up in the cache (stages 1 and 2)."""
         plan = make_plan(as_text(series, column))
-        keys = content_keys(plan.texts, self.key_prefix())
+        keys = self.keys(plan.texts)
         c = Call(plan, keys, Results.empty(len(plan.texts), self.dimensions), run, run.cache_for(self.cache),
                  column, rows, released=self._inflight.released)
         c.from_cache = c.lookup(np.arange(len(keys)))
+        if self.on_long_input == "error":  # a long text is refused even when the cache has it truncated
+            limit = self.provider.limits.max_input_tokens
+            c.from_cache[over_limit(c.plan.texts, np.flatnonzero(c.from_cache), self.provider.tokenizer(), limit)] = False
         return c
 
     def embed_slice(self, series: pl.Series, run: Run, *, name: str, column: str, rows: np.ndarray | None) -> pl.DataFrame:

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from .pipeline.pack import schedule
-from .pipeline.plan import as_text, content_keys, make_plan
+from .pipeline.plan import as_text, make_plan
 from .pipeline.tokens import long_texts, prepare_inputs
 
 if TYPE_CHECKING:
@@ -74,7 +74,6 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
     est = Estimate()
     sample: list[str] = []  # a few texts to time a local model on
     seen: set[bytes] = set()
-    prefix = embedder.key_prefix()
     stage = embedder.stage
     network = stage.provider.waits_on_network
     probe = network and not stage.runner.limiter.knows_quota
@@ -82,7 +81,7 @@ def estimate_series(embedder: Embedder, parts: Iterable[pl.Series], column: str 
         plan = make_plan(as_text(series, column))
         est.rows += plan.n_rows
         est.blank_rows += plan.n_blank
-        keys = content_keys(plan.texts, prefix)
+        keys = embedder.keys(plan.texts)
         new = [i for i, k in enumerate(keys) if k not in seen]
         seen.update(keys[i] for i in new)
         est.distinct += len(new)

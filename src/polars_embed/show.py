@@ -16,6 +16,9 @@ from .pipeline.stats import hit_rate_expr
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from .pipeline.run import Run
+    from .pipeline.stats import RunStats, StatsBook
+
 
 def _hit_rate() -> pl.Expr:
     return (hit_rate_expr() * 100).round(1).alias("hit rate (%)")
@@ -62,3 +65,43 @@ def for_terminal() -> Iterator[None]:
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    tbl_width_chars=200, fmt_str_lengths=60, thousands_separator=",", float_precision=None):
         yield
+
+
+class Figures:
+    """What an ``Embedder`` shows of its runs (its statistics book and last run)."""
+
+    model: str
+    dimensions: int
+    cache: object
+    _stats: StatsBook
+    _last_run: Run | None
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the configuration, then the statistics table."""
+        import html
+
+        head = (f"<p><b>Embedder</b> {html.escape(self.model)} &middot; {self.dimensions} dimensions &middot; "
+                f"{html.escape(repr(self.cache))} &middot; {self._stats.runs} runs</p>")
+        return head + self.stats()._repr_html_()
+
+    def stats(self, *, full: bool = False) -> pl.DataFrame:
+        """The last run and every run so far: rows, hit rate, cost, cost saved, tokens,
+        requests, seconds; ``full=True``: every counter (see ``RunStats``)."""
+        return self._stats.frame() if full else readable_stats(self._stats.frame())
+
+    @property
+    def last_stats(self) -> RunStats:
+        """The figures of the last run (every slice of it, however Polars split it)."""
+        return self._stats.last
+
+    @property
+    def total_stats(self) -> RunStats:
+        return self._stats.total
+
+    @property
+    def last_failures(self) -> pl.DataFrame:
+        """The rows of the last run that could not be embedded: ``row`` (null where Polars
+        did not say which row a slice starts at), ``text`` and ``error``."""
+        from .pipeline.run import failures_frame
+
+        return self._last_run.failures if self._last_run is not None else failures_frame([])

@@ -12,7 +12,7 @@ import pytest
 
 from polars_embed import CacheError, DiskCache, Embedder
 from polars_embed.cli import main
-from polars_embed.pipeline.plan import content_keys, key_prefix
+from polars_embed.identity import VectorIdentity, content_keys
 from polars_embed.testing import server_vector
 
 MODEL = "text-embedding-3-small"
@@ -41,8 +41,8 @@ def test_four_processes_share_one_cache(server, tmp_path, report):
     assert all(kind == "ok" and bad == 0 for kind, bad in results), results
     cache = DiskCache(tmp_path / "c")
     texts = [f"shared text {i}" for i in range(3000)]
-    prefix = Embedder(MODEL, base_url=server.url, api_key="k", dimensions=16, cache=False, ledger=False).key_prefix()
-    values = cache.get_many(content_keys(texts, prefix))
+    emb = Embedder(MODEL, base_url=server.url, api_key="k", dimensions=16, cache=False, ledger=False)
+    values = cache.get_many(emb.keys(texts))
     assert all(v is not None and np.array_equal(v[0], server_vector(MODEL, 16, t)) for t, v in zip(texts, values))
     report(processes=4, rows_each=1500, distinct_in_all=3000, requested_distinct=len(set(server.texts_seen())),
            entries=cache.stats()["entries"])
@@ -73,7 +73,7 @@ def test_truncated_cache_file(tmp_path, server):
 
 def test_an_entry_we_did_not_write_is_a_damaged_miss_not_misread(tmp_path):
     cache = DiskCache(tmp_path / "c")
-    key = content_keys(["x"], key_prefix("openai", MODEL, 4))[0]
+    key = content_keys(["x"], VectorIdentity("openai", MODEL, 4))[0]
     cache._db.set(key, b"\x00" * 24)  # raw bytes, but not our layout
     assert cache.get_many([key]) == [None] and cache.damaged == 1
 
@@ -92,7 +92,7 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path, report):
     _Payload.target = str(target)
     directory = tmp_path / "c"
     DiskCache(directory).stats()  # create it as polars-embed would
-    key = content_keys(["hello"], key_prefix("openai", MODEL, 4))[0]
+    key = content_keys(["hello"], VectorIdentity("openai", MODEL, 4))[0]
     with diskcache.Cache(str(directory)) as plain:  # an attacker's write with the stock (pickling) Disk
         plain.set(key, _Payload())
     assert sqlite3.connect(directory / "cache.db").execute("SELECT mode FROM Cache").fetchall() == [(4,)]

@@ -18,7 +18,6 @@ import pytest
 from polars_embed import ConfigurationError, Embedder, RequestRefusedError, ledger
 from polars_embed.caches.base import encode_value
 from polars_embed.cli import main
-from polars_embed.pipeline.plan import content_keys
 from polars_embed.testing import EmbeddingServer, Faults, server_vector
 
 MODEL = "text-embedding-3-small"
@@ -100,7 +99,7 @@ def test_damaged_entries_are_misses_fetched_again_and_overwritten(server, tmp_pa
     texts = ["truncated value", "four dimensions", "flipped bit", "fine"]
     emb = make(server, tmp_path)
     emb.embed(pl.Series("text", texts))
-    keys = dict(zip(texts, content_keys(texts, emb.key_prefix())))
+    keys = dict(zip(texts, emb.keys(texts)))
     db = emb.cache._db
     db.set(keys["truncated value"], db.get(keys["truncated value"])[:20])
     db.set(keys["four dimensions"], encode_value(np.ones(4, np.float32), 3))
@@ -343,7 +342,7 @@ def test_chunks_that_do_not_combine_into_a_finite_vector_are_a_row_error(server,
     emb = make(server, tmp_path, on_error="null", on_long_input="chunk")
     out = emb.embed(pl.Series("text", [long, "fine"]))
     assert out["embedding"][0] is None and "finite" in out["embedding_error"][0]
-    assert emb.cache.get_many(content_keys([long], emb.key_prefix())) == [None]
+    assert emb.cache.get_many(emb.keys([long])) == [None]
 
 
 @pytest.mark.parametrize("usage", [-5, 1e30, 2.5])

@@ -43,6 +43,20 @@ TERMINAL = ("completed", "expired", "cancelled", "failed")
 log = logging.getLogger("polars_embed")
 
 
+
+def batch_tag(stage: Stage) -> str:
+    """What the manifest files this embedder's jobs under: ``provider:model:dims@namespace``
+    (as before identities, so pending jobs of today's default identities are found), with
+    the identity's fingerprint when it has more fields (a role, a policy): a job's vectors
+    are taken only by the identity that sent it."""
+    identity = stage.identity
+    if identity is None:
+        return f"{stage.tag}@{getattr(stage.provider, 'cache_namespace', '')}"
+    tag = f"{stage.tag}@{identity.namespace}"
+    extended = identity.role or identity.prefix or identity.params or identity.long_input
+    return f"{tag}#{identity.fingerprint()}" if extended else tag
+
+
 class BatchFetch:
     """Embed the distinct texts ``todo`` of one call through the Batch API into ``results``."""
 
@@ -74,7 +88,7 @@ class BatchFetch:
         self.stop = stop or threading.Event()
         self.provider: Any = stage.provider
         self.api = BatchAPI(self.provider)
-        self.tag = f"{stage.tag}@{getattr(self.provider, 'cache_namespace', '')}"
+        self.tag = batch_tag(stage)
         self.index = {keys[int(i)]: int(i) for i in todo}
         self.want: dict[bytes, Piece] = {}
         self.tries: dict[bytes, int] = {}

@@ -89,6 +89,7 @@ _OPTIONS = [("mode='batch' needs the OpenAI Batch API (or a server that has it),
             ("pass api_key= (or use model='local:...' offline)", "or run offline with --model local:all-MiniLM-L6-v2"),
             ("model='local:", "--model local:"), ("pass base_url= and dimensions=", "pass --base-url and --dimensions"),
             ("pass dimensions=", "pass --dimensions"), ("dimensions=", "--dimensions "),
+            ("input_type=", "--input-type "), ("use on_long_input='truncate' or 'chunk'", "use --on-long-input truncate or chunk"),
             ("price_per_million", "--price"), ("max_workers", "--workers"), ("max_cost", "--max-cost"),
             ("no rpm= or tpm= given", "no --rpm or --tpm given"), ("rpm must", "--rpm must"), ("tpm must", "--tpm must"), ("limiter= must be a Limiter object or", "--limiter must be"),
             ("cache '", "--cache '")]

@@ -37,13 +37,14 @@ def _long_input(emb: Any) -> str:
     return f"truncated to {limit:,} tokens (--on-long-input chunk embeds them whole)"
 
 
-def summary_fields(result: Any) -> dict[str, Any]:
+def summary_fields(emb: Any, result: Any) -> dict[str, Any]:
     """The summary for machines (``--log-json``): the same figures as the printed one."""
     s = result.stats
     return {
         "rows": s.rows, "blank_rows": s.blank_rows, "distinct": s.distinct, "new_texts": s.misses,
         "hits": s.hit_rows, "hit_rate": round(s.hit_rate, 6), "cached_rows": s.cached_rows,
-        "repeated_rows": s.hit_rows - s.cached_rows, "long_texts": s.long_texts, "tokens_billed": s.tokens_billed,
+        "repeated_rows": s.hit_rows - s.cached_rows, "long_texts": s.long_texts, "on_long_input": emb.on_long_input,
+        "tokens_billed": s.tokens_billed, "tokens_estimated": s.tokens_estimated,
         "cost_usd": round(s.cost_usd, 8), "cost_saved_usd": round(s.cost_saved_usd, 8), "requests": s.requests,
         "retries": s.retries, "failed_rows": len(result.failed), "wall_seconds": round(s.wall_seconds, 2),
         "output": str(result.output),
@@ -66,6 +67,9 @@ def print_summary(emb: Any, result: Any) -> None:
         print(f"  tokens billed  {s.tokens_billed:,}")
         price = f", Batch API price ${emb.price:g}/1M tokens" if emb.mode == "batch" else ""
         print(f"  cost           ${s.cost_usd:.6f} (saved by the cache: ${s.cost_saved_usd:.6f}{price})")
+        if s.tokens_estimated:
+            print(f"                 an estimate, never below the bill: {emb.provider.name} reported no usage for "
+                  f"{s.tokens_estimated:,} of the tokens, counted as their UTF-8 bytes")
     elif emb.provider.name == "local":
         print(f"  tokens         {s.tokens_counted:,} counted; a local model costs nothing but time")
     else:

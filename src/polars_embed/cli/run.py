@@ -27,6 +27,10 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--workers", type=int, default=None, help="concurrent requests (default: 16; cores for local)")
     run.add_argument("--rpm", type=float, default=None, help="stay under this many requests per minute")
     run.add_argument("--tpm", type=float, default=None, help="stay under this many tokens per minute")
+    run.add_argument("--input-type", default="document", metavar="ROLE",
+                     help="document (default) or query, sent to providers that embed them differently (Voyage, "
+                     "Cohere, Gemini), or a provider's own role (e.g. clustering for Cohere); accepted, and without "
+                     "effect, where a provider has none")
     run.add_argument("--on-long-input", choices=["truncate", "chunk", "error"], default="truncate",
                      help="inputs over the model's token limit (default: truncate)")
     run.add_argument("--max-cost", type=float, default=None, metavar="USD",
@@ -85,6 +89,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "base_url": args.base_url,
         "cache": False if args.no_cache else args.cache,
         "on_long_input": args.on_long_input,
+        "input_type": args.input_type,
         "on_error": "null",
         "price_per_million": args.price,
         "max_cost": args.max_cost,
@@ -135,7 +140,7 @@ def command(args: argparse.Namespace) -> int:
     finally:
         emb.close()
     log.log(logging.INFO if args.log_json else logging.DEBUG, "run finished",
-            extra={"fields": {"event": "summary", **summary_fields(result)}})
+            extra={"fields": {"event": "summary", **summary_fields(emb, result)}})
     print_summary(emb, result)
     if result.failed:
         first, reason = next(iter(result.failed.items()))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ..caches import Cache
+    from ..identity import VectorIdentity
     from ..providers.base import BatchResult, Provider
     from .budget import Budget
     from .pack import Sizing
@@ -51,7 +52,8 @@ class Stage:
     budget: Budget
     price: float  # USD per 1M tokens
     policy: LongInputPolicy
-    tag: str  # provider:model:dimensions, stored with each cache entry
+    tag: str  # provider:model:dimensions, stored with each cache entry (for people: the key is the identity's)
+    identity: VectorIdentity | None = None
     accepted: bool = False  # has the server answered a request of this embedder yet?
     warned: set[str] = field(default_factory=set)
 
@@ -333,6 +335,8 @@ class Fetch:
         with self._lock:
             self.stats.requests += 1
             self.stats.tokens_billed += result.billed_tokens
+            if not getattr(result, "usage_reported", True):
+                self.stats.tokens_estimated += result.billed_tokens
             self.stats.cost_usd += float(shares.sum())
             np.add.at(res.cost, owners, shares)
             np.add.at(res.tokens, owners, tokens)

@@ -46,6 +46,9 @@ def is_retryable(exc: BaseException) -> bool:
 
     if isinstance(exc, (MalformedResponse, openai.APIConnectionError)):  # timeouts included
         return True
+    retryable = getattr(exc, "retryable", None)  # providers.base.ProviderFailure says
+    if isinstance(retryable, bool):
+        return retryable
     status = status_of(exc)
     return status is not None and (status == 429 or status >= 500)
 

@@ -30,6 +30,7 @@ class RunStats:
     long_texts: int = 0  # texts over the model's input limit, sent truncated or chunked (on_long_input)
     tokens_counted: int = 0
     tokens_billed: int = 0
+    tokens_estimated: int = 0  # of those, an upper bound: the provider's answer reported no usage
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
     requests: int = 0

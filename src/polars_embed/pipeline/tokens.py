@@ -68,6 +68,19 @@ class TiktokenTokenizer:
         return {"encoding_name": self.encoding_name}
 
 
+class Utf8BytesTokenizer:
+    """For a provider whose tokenizer cannot be had offline: one "token" per UTF-8 byte, an
+    upper bound of any tokenizer's count (every token covers at least one byte), so requests
+    packed with it never exceed a limit. The tokens billed are then the answer's usage.
+    ``decode`` drops a character cut in half at the end of a slice."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(t.encode("utf-8", "surrogatepass")) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(ids).decode("utf-8", "ignore")
+
+
 class Piece(NamedTuple):
     """One input to send: a (possibly truncated or chunked) text of a distinct row."""
 
@@ -127,3 +140,15 @@ def _fit(owner: int, ids: list[int], tokenizer: Tokenizer, limit: int) -> Piece:
 def long_texts(pieces: Sequence[Piece]) -> int:
     """How many texts of ``pieces`` were over the input limit (truncated or chunked)."""
     return len({p.owner for p in pieces if p.cut})
+
+
+def over_limit(texts: Sequence[str], idx: Sequence[int], tokenizer: Tokenizer, limit: int) -> list[int]:
+    """Which of texts ``idx`` have more than ``limit`` tokens; only those of more bytes than
+    the limit are counted (no text of fewer bytes can be over it).
+
+    Under ``on_long_input="error"`` a cache hit of such a text is sent back to the fetch,
+    which refuses it: the key of "error" is truncation's, whose vectors it shares for every
+    text under the limit, so the cache may hold the long text truncated by another run."""
+    maybe = [int(i) for i in idx if len(texts[i].encode("utf-8", "surrogatepass")) > limit - 2]
+    counts = tokenizer.encode_batch([texts[i] for i in maybe]) if maybe else []
+    return [i for i, ids in zip(maybe, counts) if len(ids) > limit]

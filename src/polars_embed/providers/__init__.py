@@ -1,14 +1,23 @@
 """Providers: where vectors come from. The protocol is in ``base.py`` (one method that embeds a
-batch, and the limits it declares); a provider is one file (``openai``, ``local``), priced in
-``pricing.py``, and ``make_provider`` below picks one from the model name.
+batch, the limits it declares, and the identity of its vectors); a provider is one file
+(``openai``, ``local``, ``azure``, ``voyage``, ``cohere``, ``gemini``, ``bedrock``, ``ollama``),
+priced in ``pricing.py``, and ``make_provider`` below picks one from the model's prefix.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from ..errors import ConfigurationError
 from .base import BatchResult, Limits, Provider
 from .openai import MODEL_DIMENSIONS, OpenAIProvider
 
 __all__ = ["MODEL_DIMENSIONS", "BatchResult", "Limits", "OpenAIProvider", "Provider", "make_provider"]
+
+#: ``"<prefix>:<model>"`` -> the module of ``providers/`` whose ``PROVIDER`` class serves it.
+#: A model without one of these prefixes is OpenAI's, or any OpenAI-compatible server's.
+FAMILIES = ("azure", "voyage", "cohere", "gemini", "bedrock", "ollama")
 
 
 def make_provider(
@@ -19,12 +28,26 @@ def make_provider(
     api_key: str | None = None,
     timeout: float = 60.0,
     limits: Limits | None = None,
+    input_type: str = "document",
+    options: dict[str, Any] | None = None,
 ) -> Provider:
-    """``"local:<name>"`` runs offline in-process; anything else is an OpenAI-compatible model."""
+    """``"local:<name>"`` runs offline in-process; ``"<family>:<model>"`` is that provider's
+    (``FAMILIES``); anything else is an OpenAI-compatible model. ``options`` are the
+    provider's own settings (e.g. Azure's ``api_version``, Bedrock's ``region``)."""
     if model.startswith("local:"):
         from .local import LocalProvider
 
-        return LocalProvider(model, dimensions=dimensions, limits=limits)
-    return OpenAIProvider(
-        model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits
-    )
+        return LocalProvider(model, dimensions=dimensions, limits=limits, input_type=input_type, **(options or {}))
+    family, sep, name = model.partition(":")
+    if sep and family in FAMILIES:
+        if not name:
+            msg = f"model {model!r} names no model after {family}:; e.g. {family}:<model>"
+            raise ConfigurationError(msg)
+        cls = importlib.import_module(f".{family}", __name__).PROVIDER
+        return cls(name, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout,  # type: ignore[no-any-return]
+                   limits=limits, input_type=input_type, **(options or {}))
+    if options:
+        msg = f"provider_options {sorted(options)} are not settings of an OpenAI-compatible model"
+        raise ConfigurationError(msg)
+    return OpenAIProvider(model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout,
+                          limits=limits, input_type=input_type)

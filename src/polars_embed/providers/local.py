@@ -22,10 +22,12 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from ..pipeline.runner import Stopped
-from .base import BatchResult, Limits
+from .base import BatchResult, Limits, identity_of, resolve_role
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ..identity import VectorIdentity
 
 LOCAL_MODELS = {"local:all-MiniLM-L6-v2": 384}
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -75,7 +77,7 @@ class LocalProvider:
     stops_between_batches = True  # embed(texts, stop=event) ends after the mini-batch running when set
 
     def __init__(self, model: str = "local:all-MiniLM-L6-v2", *, dimensions: int | None = None,
-                 limits: Limits | None = None, threads: int = 1) -> None:
+                 limits: Limits | None = None, threads: int = 1, input_type: str = "document") -> None:
         if model not in LOCAL_MODELS:
             msg = f"unknown local model {model!r}; available: {', '.join(LOCAL_MODELS)}"
             raise ConfigurationError(msg)
@@ -85,6 +87,8 @@ class LocalProvider:
             raise ConfigurationError(msg)
         self.model = model
         self.dimensions = full
+        self.input_type = input_type
+        resolve_role(input_type, {}, f"{model} (it takes no prefix)")
         self.limits = limits or Limits(max_inputs=256, max_request_tokens=256 * MAX_TOKENS,
                                        max_input_tokens=MAX_TOKENS - 2)
         self.threads = threads
@@ -95,11 +99,15 @@ class LocalProvider:
     def __repr__(self) -> str:
         return f"LocalProvider(model={self.model!r})"
 
+    def identity(self, policy: str) -> VectorIdentity:
+        return identity_of(self, policy, default_limit=MAX_TOKENS - 2)
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"model": self.model, "limits": self.limits, "threads": self.threads}
+        return {"model": self.model, "limits": self.limits, "threads": self.threads, "input_type": self.input_type}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["model"], limits=state["limits"], threads=state["threads"])  # type: ignore[misc]
+        self.__init__(state["model"], limits=state["limits"], threads=state["threads"],  # type: ignore[misc]
+                      input_type=state.get("input_type", "document"))
 
     def tokenizer(self) -> WordPieceTokenizer:
         return self._tokenizer

@@ -20,9 +20,10 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from ..pipeline.tokens import TiktokenTokenizer
-from .base import BatchResult, Limits
+from .base import BatchResult, Limits, identity_of, resolve_role
 
 if TYPE_CHECKING:
+    from ..identity import VectorIdentity
     from ..pipeline.tokens import Tokenizer
 
 #: Output dimensions of known models; ``dimensions=`` overrides (text-embedding-3-* only).
@@ -80,13 +81,15 @@ class OpenAIProvider:
         limits: Limits | None = None,
         tokenizer: Tokenizer | None = None,
         send_dimensions: bool | None = None,
+        input_type: str = "document",
     ) -> None:
         self.model = model
+        self.input_type = input_type
+        resolve_role(input_type, {}, "an OpenAI embedding model")  # none: the same vector either way
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             msg = f"base_url {self.base_url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1"
             raise ConfigurationError(msg)
-        self.dimensions = resolve_dimensions(model, dimensions, custom_server=self.base_url is not None)
         # sent when asked for (a proxy knows a model's native size without sending it)
         self._send_dimensions = dimensions is not None if send_dimensions is None else send_dimensions
         self._api_key = api_key
@@ -95,6 +98,11 @@ class OpenAIProvider:
         self._tokenizer = tokenizer or TiktokenTokenizer("cl100k_base")
         self._client: Any = None
         self._lock = threading.Lock()
+        custom = self.base_url is not None
+        if dimensions is None and custom and model not in MODEL_DIMENSIONS:
+            self.dimensions = self.probe_dimensions()
+        else:
+            self.dimensions = resolve_dimensions(model, dimensions, custom_server=custom)
 
     @property
     def endpoint(self) -> str:
@@ -114,6 +122,27 @@ class OpenAIProvider:
             return ""
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
+
+    def probe_dimensions(self) -> int:
+        """The output size of a model on a server of one's own (TEI, vLLM, Infinity, Ollama's
+        ``/v1``, LM Studio), found with one request on a two-token text, so the column's
+        schema is known before the run; ``dimensions=`` skips it."""
+        try:
+            raw = self.client().embeddings.with_raw_response.create(model=self.model, input=["dimensions probe"],
+                                                                     encoding_format="float")
+            vector = json.loads(raw.content)["data"][0]["embedding"]
+            if not isinstance(vector, list) or not vector:
+                raise MalformedResponse("no vector in the answer")
+        except Exception as exc:  # noqa: BLE001 - any failure is the same advice
+            reason = self.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            msg = (f"model {self.model!r} has no known output size and asking {self.endpoint} for it failed "
+                   f"({reason[:200]}); pass dimensions= with it")
+            raise ConfigurationError(msg) from None
+        return len(vector)
+
+    def identity(self, policy: str) -> VectorIdentity:
+        """The model at its dimensions on this endpoint; no role (OpenAI has none)."""
+        return identity_of(self, policy, default_limit=Limits.max_input_tokens, namespace=self.cache_namespace)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIProvider(model={self.model!r}, dimensions={self.dimensions}, base_url={self.base_url!r})"

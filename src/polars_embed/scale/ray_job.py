@@ -222,7 +222,7 @@ class Accounts:
     paid for in this run (repeats, not entries the cache had before)."""
 
     def __init__(self, embedder: Embedder, run: Run, column: str, name: str) -> None:
-        self.prefix, self.run, self.column, self.name = embedder.key_prefix(), run, column, name
+        self.identity, self.run, self.column, self.name = embedder.identity, run, column, name
         self.offset = 0
         self.paid: list[np.ndarray] = []  # key prefixes of texts paid in this run
         self.found: list[np.ndarray] = []  # ... of texts each batch found, not paid in it
@@ -230,7 +230,8 @@ class Accounts:
 
     def add(self, part: pl.DataFrame, outputs: pa.Table, stats: dict[str, Any], failed: dict[int, str]) -> pa.Table:
         """Fold in one partition's figures and failures; returns the partition with its outputs."""
-        from ..pipeline.plan import as_text, content_keys, make_plan
+        from ..identity import content_keys
+        from ..pipeline.plan import as_text, make_plan
         from ..pipeline.run import Failure
 
         figures = RunStats(**stats)
@@ -238,7 +239,7 @@ class Accounts:
         assert isinstance(out, pl.DataFrame)
         frame = part.hstack(out)
         plan = make_plan(as_text(frame[self.column], self.column))
-        keys = content_keys(plan.texts, self.prefix)
+        keys = content_keys(plan.texts, self.identity)
         rows = plan.inverse >= 0
         paid = np.zeros(len(keys), dtype=bool)
         hit = frame[f"{self.name}_cache_hit"].fill_null(True).to_numpy()  # null: a blank row, paid nothing

@@ -190,15 +190,13 @@ class Proxy:
 
     def all_cached(self, req: EmbeddingRequest) -> bool:
         """Whether every input is in the cache (a quick look, to pick the thread pool)."""
-        from ..pipeline.plan import content_keys
-
         if not all(isinstance(x, str) for x in req.inputs):
             return False
         try:
             emb = self.embedder(req.model, req.dimensions)
         except OpenAIError:
             return True  # answered at once with the error
-        keys = content_keys(list(dict.fromkeys(req.inputs)), emb.key_prefix())  # type: ignore[arg-type]
+        keys = emb.keys(list(dict.fromkeys(req.inputs)))  # type: ignore[arg-type]
         return all(v is not None for v in self.cache.get_many(keys))
 
     def embed(self, req: EmbeddingRequest, key: str = ANONYMOUS) -> tuple[dict[str, Any], dict[str, str]]:
@@ -240,10 +238,8 @@ class Proxy:
     def _account(self, emb: Embedder, req: EmbeddingRequest, key: str, call: Run, texts: list[str], *,
                  hits: int) -> dict[str, str]:
         """Fold one request's figures into its key's run and the metrics; its cost header."""
-        from ..pipeline.plan import content_keys
-
         figures = call.stats.copy()
-        self._run(req, key).add(figures, content_keys(list(dict.fromkeys(texts)), emb.key_prefix()), [])
+        self._run(req, key).add(figures, emb.keys(list(dict.fromkeys(texts))), [])
         if self.metrics is not None:
             m = self.metrics
             m.inputs.labels(key, "hit").inc(hits)

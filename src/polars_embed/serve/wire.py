@@ -37,6 +37,12 @@ class EmbeddingRequest:
     inputs: list[str | list[int]]
     encoding_format: str = "float"
     dimensions: int | None = None
+    input_type: str = "document"  # "query" or "document", from `input_type` (Voyage, Cohere) or `task_type` (Gemini)
+
+
+#: The role words other providers' clients send, as the library's roles.
+ROLE_WORDS = {"document": "document", "query": "query", "search_document": "document", "search_query": "query",
+              "retrieval_document": "document", "retrieval_query": "query"}
 
 
 def bad_request(message: str, param: str | None = None) -> OpenAIError:
@@ -79,7 +85,23 @@ def parse_request(body: bytes) -> EmbeddingRequest:
     dims = req.get("dimensions")
     if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS):
         raise bad_request(f"'$.dimensions' is invalid: an integer from 1 to {MAX_DIMENSIONS:,}.", "dimensions")
-    return EmbeddingRequest(model, raw, fmt, dims)
+    return EmbeddingRequest(model, raw, fmt, dims, _role(req))
+
+
+def _role(req: dict[str, Any]) -> str:
+    """The request's role: clients written for Voyage or Cohere send ``input_type``, for Gemini
+    ``task_type``. The upstream (OpenAI's API) has no roles: the role is checked, and the
+    vector and cache entry are the same for both."""
+    for param in ("input_type", "task_type"):
+        value = req.get(param)
+        if value is None:
+            continue
+        role = ROLE_WORDS.get(value.lower()) if isinstance(value, str) else None
+        if role is None:
+            words = ", ".join(sorted(ROLE_WORDS))
+            raise bad_request(f"'$.{param}' is invalid: {value!r} is not a role this proxy knows ({words}).", param)
+        return role
+    return "document"
 
 
 def _encodable(text: str) -> bool:

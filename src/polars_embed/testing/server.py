@@ -37,6 +37,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from .vectors import MODELS, SHORTENABLE, server_vector, server_vectors
+from .wires import wire_for
 
 __all__ = ["EmbeddingServer", "Faults", "Record", "server_vector", "server_vectors"]
 
@@ -315,30 +316,24 @@ class EmbeddingServer:
             if any(p in t for p in faults.poison for t in texts):
                 msg = "'$.input' is invalid: input contains a forbidden sequence." + _echo(faults.echo_key, auth)
                 return 400, dict(faults.headers), _error(msg, None), None, None
-            self._seen += 1
-            if faults.fail_after is not None and self._seen > faults.fail_after:
-                return 500, {}, _error("The server is down.", None), "down", None
-            limited, headers = self._take(total)
-            roll = {name: self._rng.random() < getattr(faults, name) for name in (
-                "storm_429", "error_5xx", "hang", "drop", "bad_json", "short", "shuffle", "wrong_dim")}
-        headers.update(faults.headers)
-        if limited is not None:
+        adm = self.admit(total)
+        headers = {**_openai_limit_headers(adm.quota), **faults.headers}
+        if adm.outcome == "down":
+            return 500, {}, _error("The server is down.", None), "down", None
+        if adm.outcome == "ratelimit":
+            wait = adm.retry_after
+            limited = {"retry-after": f"{max(1, round(wait))}", "retry-after-ms": f"{int(wait * 1000) + 1}"}
             return 429, {**headers, **limited}, _error("Rate limit reached for requests. Please try again later.", "rate_limit_exceeded"), "ratelimit", None
-        if roll["storm_429"]:
+        if adm.outcome == "storm_429":
             extra = {"retry-after": "0.05", "retry-after-ms": "50"} if faults.storm_retry_after else {}
             extra.update(faults.headers)
             return 429, extra, _error("Rate limit reached. Please try again later.", "rate_limit_exceeded"), "storm_429", None
-        if roll["error_5xx"]:
+        if adm.outcome == "5xx":
             return 500, {}, _error("The server had an error while processing your request.", None), "5xx", None
-        delay = self.latency + self.latency_per_1k_tokens * total / 1000.0
-        if delay:
-            time.sleep(delay)
         processed = (len(texts), total, texts)  # a real API bills what it processed, answered or not
-        if roll["hang"]:
-            self._stop.wait(faults.hang_seconds)
-            return 200, {}, None, "hang", processed
-        if roll["drop"]:
-            return 200, {}, None, "drop", processed
+        if adm.outcome in ("hang", "drop"):
+            return 200, {}, None, adm.outcome, processed
+        roll = adm.roll
         vdim = dim - 1 if roll["wrong_dim"] else dim
         vectors = server_vectors(model, dim, texts)[:, :vdim]
         for i, t in enumerate(texts):
@@ -363,35 +358,72 @@ class EmbeddingServer:
             fault = "bad_json"
         return 200, headers, payload, fault, processed
 
-    def _take(self, tokens: int) -> tuple[dict[str, str] | None, dict[str, str]]:
-        """Charge the buckets (caller holds the lock); a 429's headers if over a limit."""
-        headers: dict[str, str] = {}
+    def admit(self, tokens: int) -> Admission:
+        """What happens to a request of ``tokens`` that passed its checks, whatever its wire
+        format (``testing/wires/`` formats the answer): a fault, a 429, or an answer, after the
+        latency of a request this size (the quota is charged, the faults rolled)."""
+        with self._lock:
+            faults = self.faults
+            self._seen += 1
+            if faults.fail_after is not None and self._seen > faults.fail_after:
+                return Admission("down", 0.0, {}, {})
+            wait, quota = self._take(tokens)
+            roll = {name: self._rng.random() < getattr(faults, name) for name in (
+                "storm_429", "error_5xx", "hang", "drop", "bad_json", "short", "shuffle", "wrong_dim")}
+        if wait > 0:
+            return Admission("ratelimit", wait, quota, roll)
+        first = next((k for k in ("storm_429", "error_5xx") if roll[k]), None)
+        if first is not None:
+            return Admission("5xx" if first == "error_5xx" else first, 0.05, quota, roll)
+        delay = self.latency + self.latency_per_1k_tokens * tokens / 1000.0
+        if delay:
+            time.sleep(delay)
+        if roll["hang"]:
+            self._stop.wait(faults.hang_seconds)
+            return Admission("hang", 0.0, quota, roll)
+        return Admission("drop" if roll["drop"] else None, 0.0, quota, roll)
+
+    def _take(self, tokens: int) -> tuple[float, dict[str, tuple[float, float, float]]]:
+        """Charge the buckets (caller holds the lock): seconds to wait if over a limit (then
+        nothing is charged), and (limit per real minute, remaining, reset seconds) per kind."""
         wait = 0.0
         for bucket, amount in ((self._req, 1), (self._tok, tokens)):
             if bucket is None:
                 continue
             bucket.refill()
             wait = max(wait, bucket.wait_for(amount))
-        if wait > 0:
-            for bucket, kind in ((self._req, "requests"), (self._tok, "tokens")):
-                if bucket is not None:
-                    headers.update(_limit_headers(bucket, kind))
-            return {"retry-after": f"{max(1, round(wait))}", "retry-after-ms": f"{int(wait * 1000) + 1}"}, headers
+        quota = {}
         for bucket, kind, amount in ((self._req, "requests", 1), (self._tok, "tokens", tokens)):
             if bucket is not None:
-                bucket.level -= amount
-                headers.update(_limit_headers(bucket, kind))
-        return None, headers
+                if wait <= 0:
+                    bucket.level -= amount
+                quota[kind] = _quota(bucket)
+        return wait, quota
 
 
-def _limit_headers(bucket: _Bucket, kind: str) -> dict[str, str]:
-    """The API's headers; with a sped-up clock the limit is stated per real minute."""
+@dataclass
+class Admission:
+    """``outcome``: None (answer it), "ratelimit", "storm_429", "5xx", "down", "hang" or "drop"."""
+
+    outcome: str | None
+    retry_after: float  # seconds, for a 429
+    quota: dict[str, tuple[float, float, float]]  # "requests"/"tokens" -> (limit per minute, remaining, reset s)
+    roll: dict[str, bool]  # the faults that apply to the answer (bad_json, short, shuffle, wrong_dim)
+
+
+def _quota(bucket: _Bucket) -> tuple[float, float, float]:
+    """With a sped-up clock the limit is stated per real minute."""
     reset = (bucket.limit - bucket.level) * 60.0 / (bucket.limit * bucket.scale)
-    return {
-        f"x-ratelimit-limit-{kind}": str(int(bucket.limit * bucket.scale)),
-        f"x-ratelimit-remaining-{kind}": str(max(0, int(bucket.level))),
-        f"x-ratelimit-reset-{kind}": f"{reset:.3f}s",
-    }
+    return bucket.limit * bucket.scale, max(0.0, bucket.level), reset
+
+
+def _openai_limit_headers(quota: dict[str, tuple[float, float, float]]) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers."""
+    headers = {}
+    for kind, (limit, remaining, reset) in quota.items():
+        headers.update({f"x-ratelimit-limit-{kind}": str(int(limit)), f"x-ratelimit-remaining-{kind}": str(int(remaining)),
+                        f"x-ratelimit-reset-{kind}": f"{reset:.3f}s"})
+    return headers
 
 
 def _encode(vec: np.ndarray, fmt: str | None) -> Any:
@@ -426,7 +458,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("content-type", "application/json")
+        if "content-type" not in (headers or {}):
+            self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -503,7 +536,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(404, _error(f"Unknown path {self.path}", None))
             return
-        if path not in ("/v1/embeddings", "/embeddings"):
+        wire = wire_for("POST", path)
+        if wire is None and path not in ("/v1/embeddings", "/embeddings"):
             self._send(404, _error(f"Unknown path {self.path}", None))
             return
         started = time.time()
@@ -511,7 +545,10 @@ class _Handler(BaseHTTPRequestHandler):
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            status, headers, payload, fault, info = state.handle(body, self.headers.get("authorization"))
+            if wire is None:
+                status, headers, payload, fault, info = state.handle(body, self.headers.get("authorization"))
+            else:
+                status, headers, payload, fault, info = wire.handle(state, self.path, self.headers, body)
         finally:
             with state._lock:
                 state.in_flight -= 1

@@ -1,0 +1,9 @@
+"""Placeholder: the bedrock wire format is being written."""
+
+
+class _Nothing:
+    def match(self, path: str) -> bool:
+        return False
+
+
+WIRE = _Nothing()

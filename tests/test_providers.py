@@ -1,0 +1,59 @@
+"""What every provider shares: picking one by the model's prefix, self-hosted servers, roles,
+and the input types of the CLI and the proxy."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from polars_embed import Embedder
+from polars_embed.cli import main
+from polars_embed.errors import ConfigurationError
+from polars_embed.testing import EmbeddingServer, server_vector
+
+KEY = "sk-test-providers"
+
+
+def test_options_an_openai_model_does_not_have_are_refused():
+    with pytest.raises(ConfigurationError, match="provider_options"):
+        Embedder("text-embedding-3-small", api_key="k", cache=False, ledger=False, provider_options={"region": "x"})
+
+
+def test_a_self_hosted_model_of_unknown_size_is_asked_once():
+    """TEI, vLLM, Infinity, LM Studio: without dimensions=, one request on a short text finds it."""
+    with EmbeddingServer(models={"bge-small-en-v1.5": 384}) as server:
+        emb = Embedder("bge-small-en-v1.5", base_url=server.url, api_key=KEY, cache=False, ledger=False)
+        assert emb.dimensions == 384 and server.requests == 1
+        out = emb.embed(pl.Series("text", ["a", "b"]))
+        assert out.schema["embedding"] == pl.Array(pl.Float32, 384)
+        assert (out["embedding"][0].to_numpy() == server_vector("bge-small-en-v1.5", 384, "a")).all()
+
+
+def test_a_self_hosted_model_that_cannot_be_asked_says_pass_dimensions():
+    with pytest.raises(ConfigurationError, match=r"asking http://127.0.0.1:9/v1 for it failed .*; pass dimensions="):
+        Embedder("bge-small", base_url="http://127.0.0.1:9/v1", api_key=KEY, cache=False, ledger=False)
+
+
+def test_the_cli_takes_an_input_type(tmp_path, capsys, server):
+    pl.DataFrame({"text": ["a question?", "a document"]}).write_parquet(tmp_path / "in.parquet")
+    args = ["run", str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), "--model", "text-embedding-3-small",
+            "--dimensions", "8", "--base-url", server.url, "--cache", str(tmp_path / "c")]
+    import os
+
+    os.environ["OPENAI_API_KEY"] = KEY
+    try:
+        assert main([*args, "--input-type", "query"]) == 0
+        assert main([*args, "--input-type", "clustering"]) == 2
+    finally:
+        del os.environ["OPENAI_API_KEY"]
+    err = capsys.readouterr().err
+    assert "--input-type 'clustering' is not a role an OpenAI embedding model has" in err
+
+
+def test_the_proxy_reads_other_providers_role_words():
+    from polars_embed.serve.wire import parse_request
+
+    assert parse_request(b'{"model": "m", "input": "x", "input_type": "search_query"}').input_type == "query"
+    assert parse_request(b'{"model": "m", "input": "x", "task_type": "RETRIEVAL_DOCUMENT"}').input_type == "document"
+    with pytest.raises(Exception, match="input_type"):
+        parse_request(b'{"model": "m", "input": "x", "input_type": "poem"}')
