@@ -213,11 +213,15 @@ class Embedder(Figures):
         return content_keys(texts, self.identity)
 
     def metadata(self) -> dict[str, str]:
-        """Key-value metadata for files written from this embedder's output."""
+        """Key-value metadata for files written from this embedder's output: what made the
+        vectors (the identity), and whether the cost is the provider's count or an upper bound."""
         from . import __version__
 
+        reported = getattr(self.provider, "reports_usage", True)
         return {"polars_embed.provider": self.provider.name, "polars_embed.model": self.model,
-                "polars_embed.dimensions": str(self.dimensions), "polars_embed.version": __version__}
+                "polars_embed.dimensions": str(self.dimensions), "polars_embed.version": __version__,
+                "polars_embed.identity": self.identity.describe(), "polars_embed.input_type": str(getattr(self.provider, "input_type", "document")),
+                "polars_embed.cost": "billed usage" if reported else "estimate, an upper bound (no usage reported)"}
 
     def output_fields(self, name: str = "embedding") -> dict[str, pl.DataType]:
         """Name and dtype of every output column, known without a request."""

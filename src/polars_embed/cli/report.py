@@ -25,7 +25,11 @@ def print_estimate(emb: Any, est: Estimate, source: str) -> None:
     print(f"  to embed        {est.to_embed:,} in {est.requests:,} requests")
     if est.long_texts:
         print(f"  over the limit  {est.long_texts:,} texts, {_long_input(emb)}")
-    print(f"  tokens to pay   {est.tokens_to_pay:,}")
+    from ..pipeline.tokens import Utf8BytesTokenizer
+
+    bound = isinstance(emb.provider.tokenizer(), Utf8BytesTokenizer)
+    print(f"  tokens to pay   {est.tokens_to_pay:,}" + (" at most (counted as UTF-8 bytes: the provider's tokenizer "
+                                                         "is not available offline)" if bound else ""))
     print(f"  estimated cost  ${est.cost_usd:.6f}")
     print(f"  estimated time  {for_cli(eta)}")
 
