@@ -42,7 +42,7 @@ from .pipeline.plan import as_text, make_plan
 from .pipeline.run import Call, CallProgress, Failure, Run, rows_failed, run_status
 from .pipeline.runner import Runner
 from .pipeline.stats import StatsBook
-from .pipeline.tokens import over_limit
+from .pipeline.tokens import Utf8BytesTokenizer, over_limit
 from .providers import make_provider
 from .providers.base import identity_for
 from .providers.pricing import price_for
@@ -176,6 +176,7 @@ class Embedder(Figures):
             provider=self.provider, runner=self.runner, budget=Budget(max_cost), price=self.price,
             sizing=Sizing(self.provider.limits, max_workers, self.runner.limiter), policy=on_long_input,
             tag=f"{self.provider.name}:{self.provider.model}:{self.provider.dimensions}", identity=self.identity,
+            bound_counts=isinstance(self.provider.tokenizer(), Utf8BytesTokenizer),
         )
         self._stats = StatsBook()
         self._init_state()

@@ -54,6 +54,7 @@ class Stage:
     policy: LongInputPolicy
     tag: str  # provider:model:dimensions, stored with each cache entry (for people: the key is the identity's)
     identity: VectorIdentity | None = None
+    bound_counts: bool = False  # the tokenizer counts an upper bound (bytes), not the provider's tokens
     accepted: bool = False  # has the server answered a request of this embedder yet?
     warned: set[str] = field(default_factory=set)
 
@@ -332,6 +333,9 @@ class Fetch:
         owners = np.fromiter((p.owner for p in batch), np.int64, n)
         tokens = np.fromiter((p.tokens for p in batch), np.int64, n)
         shares = result.billed_tokens * tokens / (int(tokens.sum()) or 1) * self.stage.price / 1e6
+        weights = tokens  # of a chunk's vector in its text's
+        if self.stage.bound_counts:  # counted as bytes: a row's tokens are its share of what was billed
+            tokens = apportion(result.billed_tokens, tokens)
         with self._lock:
             self.stats.requests += 1
             self.stats.tokens_billed += result.billed_tokens
@@ -344,7 +348,7 @@ class Fetch:
             res.vectors[owners[whole]] = result.vectors[whole]  # the server's vectors, untouched
             if not whole.all():  # chunks: a token-weighted sum, re-normalised once all are back
                 with np.errstate(over="ignore"):  # an overflow is caught once the chunks are combined
-                    np.add.at(res.vectors, owners[~whole], result.vectors[~whole] * tokens[~whole, None])
+                    np.add.at(res.vectors, owners[~whole], result.vectors[~whole] * weights[~whole, None])
             np.subtract.at(self.pending, owners, 1)
             done = np.unique(owners[self.pending[owners] == 0])
             chunked = done[self.n_pieces[done] > 1]
@@ -367,3 +371,17 @@ class Fetch:
                 self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
         if self.on_stored is not None:
             self.on_stored(items, done.tolist(), result.billed_tokens)
+
+
+def apportion(total: int, weights: np.ndarray) -> np.ndarray:
+    """``total`` split in whole numbers in proportion to ``weights``, summing to ``total``
+    exactly (largest remainders get the leftover units)."""
+    whole = int(weights.sum())
+    if whole <= 0:
+        return np.zeros_like(weights)
+    raw = total * weights.astype(np.float64) / whole
+    out = np.floor(raw).astype(np.int64)
+    left = total - int(out.sum())
+    if left > 0:
+        out[np.argsort(out - raw, kind="stable")[:left]] += 1
+    return out
