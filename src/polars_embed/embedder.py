@@ -164,6 +164,8 @@ class Embedder(Figures):
         self.ledger = open_ledger(ledger, self.cache)
         self.source = source
         self.cache_namespace = cache_namespace
+        if hasattr(self.provider, "use_policy"):  # a provider that truncates server-side unless told otherwise
+            self.provider.use_policy(on_long_input)
         self.identity = identity_for(self.provider, on_long_input, cache_namespace)
         self.on_long_input = on_long_input
         self.on_error = on_error

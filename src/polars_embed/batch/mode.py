@@ -96,6 +96,9 @@ def batch_mode(provider: Any, mode: str, settings: BatchSettings | None, on_long
         return None
     if not callable(getattr(provider, "client", None)):
         raise ConfigurationError("mode='batch' needs the OpenAI Batch API (or a server that has it), not a local model")
+    if getattr(provider, "name", "openai") != "openai":
+        raise ConfigurationError(f"mode='batch' is OpenAI's Batch API, which {provider.name}: models do not have; "
+                                 f"drop mode='batch' (their requests are synchronous)")
     if on_long_input == "chunk":
         raise ConfigurationError("mode='batch' sends one line per text, so not on_long_input='chunk': use 'truncate' or 'error'")
     return BatchMode(settings or BatchSettings())

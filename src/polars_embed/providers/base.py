@@ -94,6 +94,9 @@ class Provider(Protocol):
 
     # Optional: ``prepare()`` opens what the first request needs (a client); a run calls it
     # on its pool while it tokenizes, so the first request does not wait for it.
+    # Optional: ``use_policy(on_long_input)``, called once by the embedder before ``identity``: a
+    # provider that can truncate server-side (Voyage, Cohere) does so for "truncate" and
+    # leaves the exact cut to the pipeline for "chunk" and "error".
     # Optional: ``stops_between_batches = True`` for a model on this machine whose ``embed``
     # takes ``stop=`` (a ``threading.Event``) and ends soon after it is set (raising
     # ``pipeline.runner.Stopped``), so a stopped run does not wait for whole requests.

@@ -23,10 +23,24 @@ PRICES_PER_MILLION: dict[str, float] = {
 FAMILY_PRICES: dict[str, dict[str, float]] = {
     "openai": PRICES_PER_MILLION,
     "azure": PRICES_PER_MILLION,
-    "voyage": {},
-    "cohere": {},
-    "gemini": {},
-    "bedrock": {},
+    # https://docs.voyageai.com/docs/pricing (text embeddings; the first 200M or 50M tokens of each
+    # model are free per account, not counted here). voyage-4*, voyage-code-3 as also listed at
+    # https://www.mongodb.com/docs/vector-search/crud-embeddings/automated-embedding/models/
+    "voyage": {
+        "voyage-4-large": 0.12, "voyage-4": 0.06, "voyage-4-lite": 0.02,
+        "voyage-3-large": 0.18, "voyage-3.5": 0.06, "voyage-3.5-lite": 0.02, "voyage-code-3": 0.18,
+        "voyage-3": 0.06, "voyage-3-lite": 0.02,
+        "voyage-finance-2": 0.12, "voyage-law-2": 0.12, "voyage-multilingual-2": 0.12, "voyage-code-2": 0.12,
+    },
+    "cohere": {  # https://cohere.com/pricing (text input; Embed 4 $0.12, the Embed 3 models $0.10)
+        "embed-v4.0": 0.12, "embed-english-v3.0": 0.10, "embed-multilingual-v3.0": 0.10,
+        "embed-english-light-v3.0": 0.10, "embed-multilingual-light-v3.0": 0.10,
+    },
+    # https://ai.google.dev/gemini-api/docs/pricing (paid tier, text input, per 1M tokens; Batch API is half)
+    "gemini": {"gemini-embedding-001": 0.15, "gemini-embedding-2": 0.20, "gemini-embedding-2-preview": 0.20},
+    # https://aws.amazon.com/bedrock/pricing/ (on-demand, us-east-1, per 1,000 input tokens x 1,000)
+    "bedrock": {"amazon.titan-embed-text-v2:0": 0.02, "amazon.titan-embed-text-v1": 0.10,
+                "cohere.embed-english-v3": 0.10, "cohere.embed-multilingual-v3": 0.10},
     "ollama": {},  # a model on your own machine: free unless you say otherwise
 }
 

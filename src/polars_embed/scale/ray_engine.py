@@ -159,7 +159,8 @@ def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None)
     base_url = getattr(probe.provider, "base_url", None)
     if network and base_url:
         resolved["base_url"] = base_url
-    key = options.get("api_key") or (os.environ.get("OPENAI_API_KEY") if network else None)
+    # OpenAI's key travels to the actors; another provider's credentials are read where each actor runs
+    key = options.get("api_key") or (os.environ.get("OPENAI_API_KEY") if probe.provider.name == "openai" else None)
     if key:
         resolved["api_key"] = key
     if options.get("max_cost") is not None:  # each actor keeps its own budget: together, at most the whole
