@@ -15,7 +15,7 @@ KEY = "sk-test-providers"
 
 
 def test_options_an_openai_model_does_not_have_are_refused():
-    with pytest.raises(ConfigurationError, match="provider_options"):
+    with pytest.raises(ConfigurationError, match=r"'region': no such setting .* \(provider_options=\)"):
         Embedder("text-embedding-3-small", api_key="k", cache=False, ledger=False, provider_options={"region": "x"})
 
 
@@ -44,10 +44,14 @@ def test_the_cli_takes_an_input_type(tmp_path, capsys, server):
     try:
         assert main([*args, "--input-type", "query"]) == 0
         assert main([*args, "--input-type", "clustering"]) == 2
+        assert main([*args, "--provider-option", "region"]) == 2
+        assert main([*args, "--provider-option", "region=eu-west-1"]) == 2
     finally:
         del os.environ["OPENAI_API_KEY"]
     err = capsys.readouterr().err
     assert "--input-type 'clustering' is not a role an OpenAI embedding model has" in err
+    assert "--provider-option takes KEY=VALUE, got 'region'" in err
+    assert "'region': no such setting of an OpenAI-compatible model (--provider-option)" in err
 
 
 def test_the_proxy_reads_other_providers_role_words():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
 from ..errors import (
@@ -90,7 +91,7 @@ _OPTIONS = [("mode='batch' needs the OpenAI Batch API (or a server that has it),
             ("pass api_key= (or use model='local:...' offline)", "or run offline with --model local:all-MiniLM-L6-v2"),
             ("model='local:", "--model local:"), ("pass base_url= and dimensions=", "pass --base-url and --dimensions"),
             ("pass dimensions=", "pass --dimensions"), ("dimensions=", "--dimensions "),
-            ("input_type=", "--input-type "), ("use on_long_input='truncate' or 'chunk'", "use --on-long-input truncate or chunk"),
+            ("input_type=", "--input-type "), ("(provider_options=)", "(--provider-option)"), ("use on_long_input='truncate' or 'chunk'", "use --on-long-input truncate or chunk"),
             ("price_per_million", "--price"), ("max_workers", "--workers"), ("max_cost", "--max-cost"),
             ("no rpm= or tpm= given", "no --rpm or --tpm given"), ("rpm must", "--rpm must"), ("tpm must", "--tpm must"), ("limiter= must be a Limiter object or", "--limiter must be"),
             ("cache '", "--cache '")]
@@ -98,6 +99,8 @@ _OPTIONS = [("mode='batch' needs the OpenAI Batch API (or a server that has it),
 
 def for_cli(message: str) -> str:
     """A library message in the words of this command (``--dimensions``, not ``dimensions=``)."""
+    message = re.sub(r"provider_options=\{'(\w+)': '?([^'}]*)'?\}", r"--provider-option \1=\2", message)
+    message = re.sub(r"on_long_input='(\w+)' needs", r"--on-long-input \1 needs", message)
     for library, option in _OPTIONS:
         message = message.replace(library, option)
     return message

@@ -31,6 +31,9 @@ def add_parser(sub: Any) -> None:
                      help="document (default) or query, sent to providers that embed them differently (Voyage, "
                      "Cohere, Gemini), or a provider's own role (e.g. clustering for Cohere); accepted, and without "
                      "effect, where a provider has none")
+    run.add_argument("--provider-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a setting of the provider, repeatable: e.g. region=eu-west-1 (Bedrock), "
+                     "api_version=2024-10-21 and model=text-embedding-3-small (Azure); a JSON value is read as JSON")
     run.add_argument("--on-long-input", choices=["truncate", "chunk", "error"], default="truncate",
                      help="inputs over the model's token limit (default: truncate)")
     run.add_argument("--max-cost", type=float, default=None, metavar="USD",
@@ -90,6 +93,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "cache": False if args.no_cache else args.cache,
         "on_long_input": args.on_long_input,
         "input_type": args.input_type,
+        "provider_options": provider_options(args.provider_option) or None,
         "on_error": "null",
         "price_per_million": args.price,
         "max_cost": args.max_cost,
@@ -100,6 +104,23 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "batch" if args.batch else "sync",
         "batch": batch,
     }
+
+
+def provider_options(pairs: list[str]) -> dict[str, Any]:
+    """``--provider-option KEY=VALUE`` pairs as ``provider_options``: ``true``, ``512`` or
+    ``"x"`` are read as JSON, anything else as text."""
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"--provider-option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
 
 
 def command(args: argparse.Namespace) -> int:

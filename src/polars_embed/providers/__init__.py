@@ -47,7 +47,7 @@ def make_provider(
         return cls(name, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout,  # type: ignore[no-any-return]
                    limits=limits, input_type=input_type, **(options or {}))
     if options:
-        msg = f"provider_options {sorted(options)} are not settings of an OpenAI-compatible model"
+        msg = f"{', '.join(map(repr, sorted(options)))}: no such setting of an OpenAI-compatible model (provider_options=)"
         raise ConfigurationError(msg)
     return OpenAIProvider(model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout,
                           limits=limits, input_type=input_type)

@@ -129,9 +129,11 @@ def identity_of(provider: Any, policy: str, *, default_limit: int, namespace: st
     ``default_limit`` is the provider's documented tokens per input: truncation there (or
     ``"error"``, whose vectors are the same) is the identity's default long-input policy."""
     limit = provider.limits.max_input_tokens
+    # Texts under both limits are cut by neither policy: only they share the default's key, which
+    # holds a text over the default limit cut there
     return VectorIdentity(provider.name, provider.model, provider.dimensions, namespace=namespace, role=role,
                           long_input=long_input("chunk" if policy == "chunk" else "truncate", limit, default_limit),
-                          input_limit=limit, prefix=prefix, params=params)
+                          input_limit=min(limit, default_limit), prefix=prefix, params=params)
 
 
 def identity_for(provider: Any, policy: str, namespace: str | None = None) -> VectorIdentity:
