@@ -127,3 +127,17 @@ def test_error_policy_refuses_a_long_text_the_cache_holds_truncated(make_embedde
     assert make_embedder(on_long_input="error").embed(pl.Series("text", ["short"]))["embedding_cache_hit"][0]
     with pytest.raises(LongInputError, match="row 0 of column 'text' has 9001 tokens"):
         make_embedder(on_long_input="error").embed(pl.Series("text", [long, "short"]))
+
+
+def test_a_raised_limit_shares_the_default_entry_only_below_both_limits():
+    """The default identity stores a 10,000-token text cut at 8,191 under the shared key: a
+    server with a larger limit must not be served that vector for it."""
+    from polars_embed.providers import Limits
+
+    default = Embedder(base_url="http://127.0.0.1:1/v1", dimensions=8, api_key="k", cache=False, ledger=False)
+    raised = Embedder(base_url="http://127.0.0.1:1/v1", dimensions=8, api_key="k", cache=False, ledger=False,
+                      limits=Limits(max_input_tokens=16_000))
+    middle = "ab " * 4000  # 12,000 bytes, ~4,000 tokens: under both in tokens, over 8,191 in bytes
+    assert raised.identity.input_limit == 8191
+    assert default.keys(["short"]) == raised.keys(["short"])
+    assert default.keys([middle]) != raised.keys([middle])
