@@ -9,9 +9,41 @@ import pytest
 from polars_embed import Embedder
 from polars_embed.cli import main
 from polars_embed.errors import ConfigurationError
+from polars_embed.providers import FAMILIES, make_provider
 from polars_embed.testing import EmbeddingServer, server_vector
 
 KEY = "sk-test-providers"
+
+
+def test_every_family_is_a_provider_file_with_its_prefix():
+    import importlib
+
+    for family in FAMILIES:
+        cls = importlib.import_module(f"polars_embed.providers.{family}").PROVIDER
+        assert cls.name == family
+        wire = importlib.import_module(f"polars_embed.testing.wires.{family}").WIRE
+        assert callable(wire.handle), f"{family} has no wire format in the test server"
+
+
+def test_a_prefix_without_a_model_is_one_sentence():
+    with pytest.raises(ConfigurationError, match=r"names no model after voyage:"):
+        make_provider("voyage:")
+
+
+
+def test_every_family_takes_the_protocol_keywords_and_a_role_it_lacks_is_one_sentence():
+    """`document` and `query` are accepted by every family; a word none has is refused."""
+    common = {"timeout": 5.0}
+    for family, model, extra in (("azure", "dep", {"base_url": "https://r.openai.azure.com", "api_key": "k",
+                                                   "options": {"model": "text-embedding-3-small"}}),
+                                 ("voyage", "voyage-3.5", {"api_key": "k"}), ("cohere", "embed-v4.0", {"api_key": "k"}),
+                                 ("gemini", "gemini-embedding-001", {"api_key": "k"}),
+                                 ("bedrock", "amazon.titan-embed-text-v2:0", {"options": {"region": "us-east-1"}}),
+                                 ("ollama", "nomic-embed-text", {})):
+        for role in ("document", "query"):
+            make_provider(f"{family}:{model}", input_type=role, **common, **extra)
+        with pytest.raises(ConfigurationError, match="input_type='poem' is not a role"):
+            make_provider(f"{family}:{model}", input_type="poem", **common, **extra)
 
 
 def test_options_an_openai_model_does_not_have_are_refused():

@@ -22,7 +22,7 @@ PRICES_PER_MILLION: dict[str, float] = {
 #: model a deployment serves (its ``price_model``), from OpenAI's table unless given.
 FAMILY_PRICES: dict[str, dict[str, float]] = {
     "openai": PRICES_PER_MILLION,
-    "azure": PRICES_PER_MILLION,
+    "azure": PRICES_PER_MILLION,  # same list prices: azure.microsoft.com/pricing/details/cognitive-services/openai-service
     # https://docs.voyageai.com/docs/pricing (text embeddings; the first 200M or 50M tokens of each
     # model are free per account, not counted here). voyage-4*, voyage-code-3 as also listed at
     # https://www.mongodb.com/docs/vector-search/crud-embeddings/automated-embedding/models/
