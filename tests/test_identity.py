@@ -141,3 +141,15 @@ def test_a_raised_limit_shares_the_default_entry_only_below_both_limits():
     assert raised.identity.input_limit == 8191
     assert default.keys(["short"]) == raised.keys(["short"])
     assert default.keys([middle]) != raised.keys([middle])
+
+
+def test_a_long_text_under_error_speaks_cli_to_a_cli_user(server, tmp_path, capsys, monkeypatch):
+    from polars_embed.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-identity")
+    pl.DataFrame({"text": ["short", "hello " * 9000]}).write_parquet(tmp_path / "in.parquet")
+    code = main(["run", str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), "--model", "text-embedding-3-small",
+                 "--dimensions", "8", "--base-url", server.url, "--cache", str(tmp_path / "c"), "--on-long-input", "error"])
+    err = capsys.readouterr().err
+    assert code == 2 and "row 1 of column 'text' has 9001 tokens, over the limit of 8191; use --on-long-input truncate or chunk" in err
+    assert "on_long_input=" not in err

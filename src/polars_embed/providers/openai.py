@@ -82,6 +82,7 @@ class OpenAIProvider:
         tokenizer: Tokenizer | None = None,
         send_dimensions: bool | None = None,
         input_type: str = "document",
+        find_dimensions: bool = True,
     ) -> None:
         self.model = model
         self.input_type = input_type
@@ -99,7 +100,7 @@ class OpenAIProvider:
         self._client: Any = None
         self._lock = threading.Lock()
         custom = self.base_url is not None
-        if dimensions is None and custom and model not in MODEL_DIMENSIONS:
+        if dimensions is None and custom and model not in MODEL_DIMENSIONS and find_dimensions:
             self.dimensions = self.probe_dimensions()
         else:
             self.dimensions = resolve_dimensions(model, dimensions, custom_server=custom)
@@ -126,7 +127,8 @@ class OpenAIProvider:
     def probe_dimensions(self) -> int:
         """The output size of a model on a server of one's own (TEI, vLLM, Infinity, Ollama's
         ``/v1``, LM Studio), found with one request on a two-token text, so the column's
-        schema is known before the run; ``dimensions=`` skips it."""
+        schema is known before the run; ``dimensions=`` skips it (and ``find_dimensions=False``:
+        the proxy, where a client's model name must not cost a request)."""
         try:
             raw = self.client().embeddings.with_raw_response.create(model=self.model, input=["dimensions probe"],
                                                                      encoding_format="float")

@@ -162,7 +162,8 @@ class Proxy:
             dims = dimensions if dimensions is not None else cfg.dimensions.get(model)
             try:
                 provider = OpenAIProvider(model, dimensions=dims, base_url=self.base_url, api_key=self.api_key,
-                                          timeout=cfg.timeout, send_dimensions=dimensions is not None)
+                                          timeout=cfg.timeout, send_dimensions=dimensions is not None,
+                                          find_dimensions=False)  # a client's model name never costs a request
             except ConfigurationError as exc:
                 raise bad_request(str(exc).replace("pass dimensions= with it", "send dimensions, or start the proxy "
                                             "with --model-dimensions MODEL=N"), "model") from None
