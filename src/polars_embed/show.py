@@ -16,6 +16,7 @@ from .pipeline.stats import hit_rate_expr
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from .caches import Cache
     from .pipeline.run import Run
     from .pipeline.stats import RunStats, StatsBook
 
@@ -70,11 +71,17 @@ def for_terminal() -> Iterator[None]:
 class Figures:
     """What an ``Embedder`` shows of its runs (its statistics book and last run)."""
 
-    model: str
-    dimensions: int
-    cache: object
+    cache: Cache
     _stats: StatsBook
     _last_run: Run | None
+
+    @property
+    def model(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def dimensions(self) -> int:
+        raise NotImplementedError
 
     def _repr_html_(self) -> str:
         """In a notebook: the configuration, then the statistics table."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 from ..errors import ConfigurationError, LongInputError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
 LongInputPolicy = Literal["truncate", "chunk", "error"]
 LONG_INPUT_POLICIES: tuple[str, ...] = ("truncate", "chunk", "error")
@@ -142,7 +142,7 @@ def long_texts(pieces: Sequence[Piece]) -> int:
     return len({p.owner for p in pieces if p.cut})
 
 
-def over_limit(texts: Sequence[str], idx: Sequence[int], tokenizer: Tokenizer, limit: int) -> list[int]:
+def over_limit(texts: Sequence[str], idx: Iterable[Any], tokenizer: Tokenizer, limit: int) -> list[int]:
     """Which of texts ``idx`` have more than ``limit`` tokens; only those of more bytes than
     the limit are counted (no text of fewer bytes can be over it).
 

@@ -12,8 +12,6 @@ import importlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from ..server import EmbeddingServer
 
 #: Modules of this package that hold a ``WIRE``.
@@ -23,9 +21,10 @@ MODULES = ("azure", "voyage", "cohere", "gemini", "bedrock", "ollama")
 class Wire(Protocol):
     def match(self, path: str) -> bool: ...
 
-    def handle(self, server: EmbeddingServer, path: str, headers: Mapping[str, str],
+    def handle(self, server: EmbeddingServer, path: str, headers: Any,
                body: bytes) -> tuple[int, dict[str, str], bytes | None, str | None, Any]:
-        """(status, headers, body or None to drop the connection, fault, (n inputs, tokens, texts) or None)."""
+        """(status, headers, body or None to drop the connection, fault, (n inputs, tokens, texts) or None);
+        ``headers`` are the request's (``.get`` ignores case)."""
         ...
 
 
