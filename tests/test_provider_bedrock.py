@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from polars_embed import ConfigurationError, Embedder
-from polars_embed.errors import ProviderError
+from polars_embed.errors import LongInputError, ProviderError
 from polars_embed.pipeline.pack import lower_bound
 from polars_embed.providers.bedrock import BedrockProvider
 from polars_embed.testing.server import EmbeddingServer, Faults
@@ -247,6 +247,28 @@ def test_server_limits_answer_bedrock_400s(make, server):
     out = pl.DataFrame({"text": ["x1 " * 600, "short"]}).with_columns(cohere.expr("text"))
     assert "ValidationException" in out["embedding_error"][0] and out["embedding_error"][1] is None
     assert server.count(500) == 0
+
+
+def test_cohere_error_and_chunk_cut_exactly_and_keep_their_own_entries(make, server):
+    """Under "error" and "chunk" the server is told not to cut (``NONE``) and the pipeline holds
+    each text to 512 bytes (<= the 512 tokens the model reads): "error" refuses a longer one,
+    "chunk" averages exact pieces; neither is served the server-cut vector "truncate" stored."""
+    long, short = "x1 " * 600, "short text"
+    first = pl.DataFrame({"text": [long, short]}).with_columns(make(COHERE).expr("text"))
+    assert first["embedding_cache_hit"].sum() == 0
+    server.reset_log()
+    with pytest.raises(LongInputError, match="has 1800 tokens, over the limit of 512"):
+        pl.DataFrame({"text": [long, short]}).with_columns(make(COHERE, on_long_input="error").expr("text"))
+    alone = pl.DataFrame({"text": [short]}).with_columns(make(COHERE, on_long_input="error").expr("text"))
+    assert alone["embedding_cache_hit"][0] and server.requests == 0  # a short text shares the entry
+    emb = make(COHERE, on_long_input="chunk")
+    chunked = pl.DataFrame({"text": [long]}).with_columns(emb.expr("text"))
+    assert not chunked["embedding_cache_hit"][0] and emb.provider.truncate == "NONE"
+    assert all(len(t.encode()) <= 512 for t in server.texts_seen())
+    a, b = first["embedding"][0].to_numpy(), chunked["embedding"][0].to_numpy()
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) < 0.999
+    with pytest.raises(ConfigurationError, match=r"on_long_input='chunk' needs texts cut exactly.*'END'"):
+        make(COHERE, on_long_input="chunk", provider_options={"truncate": "END"})
 
 
 # -- 5. Bedrock's own -----------------------------------------------------------------------------

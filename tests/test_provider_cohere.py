@@ -14,6 +14,7 @@ import pytest
 import tiktoken
 
 from polars_embed import ConfigurationError, Embedder, LongInputError, ProviderError
+from polars_embed.identity import content_keys
 from polars_embed.limiters import RateLimiter
 from polars_embed.providers import Limits, make_provider
 from polars_embed.providers.base import ProviderFailure
@@ -253,7 +254,10 @@ def test_identities(cserver):
 
     server_cut = provider().identity("truncate")
     exact = provider(options={"truncate": "NONE"}).identity("truncate")
-    assert server_cut.params == (("truncate", "END"),) and exact.params == () and exact.long_input == ""
+    assert server_cut.long_input == "truncate:4096:END" and exact.long_input == "" and server_cut.input_limit == 512
+    # a text no one can cut (under the context in bytes) has one key whoever cuts and whatever the policy
+    chunk = provider(options={"truncate": "NONE"}).identity("chunk")
+    assert len({content_keys(["short"], i)[0] for i in (server_cut, exact, chunk)}) == 1
     assert exact.role == server_cut.role == "search_document" and server_cut.namespace == base_url(cserver)
     assert provider(options={"truncate": "NONE"}).identity("chunk").long_input == "chunk:512"
     # an END provider whose limit is within the context never lets Cohere cut: the exact identity
@@ -261,7 +265,7 @@ def test_identities(cserver):
     assert provider(limits=small).identity("truncate") == exact
     official = CohereProvider(MODEL, api_key=KEY)
     assert official.cache_namespace == "" and official.endpoint == "https://api.cohere.com"
-    assert official.identity("truncate").describe() == f"cohere:{MODEL}:{DIM} role=search_document long_input=truncate:4096 truncate=END"
+    assert official.identity("truncate").describe() == f"cohere:{MODEL}:{DIM} role=search_document long_input=truncate:4096:END"
 
 
 def test_the_answer_is_checked():

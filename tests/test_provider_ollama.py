@@ -177,7 +177,7 @@ def test_long_inputs_truncate_on_the_server_error_when_asked_and_chunk_with_a_co
     np.testing.assert_array_equal(errors["embedding"][1].to_numpy(), expected([short])[0])
     with pytest.raises(RowsFailedError, match="row 0"):
         make(oserver, tmp_path, on_long_input="error", cache=False).embed(pl.Series("text", [long]))
-    with pytest.raises(ConfigurationError, match=r"on_long_input='chunk' with Ollama needs limits=Limits\(max_input_tokens=...\)"):
+    with pytest.raises(ConfigurationError, match=r"on_long_input='chunk' needs limits=Limits\(max_input_tokens=...\)"):
         make(oserver, tmp_path, on_long_input="chunk")
     chunked = make(oserver, tmp_path, on_long_input="chunk", limits=Limits(max_input_tokens=CONTEXT)).embed(pl.Series("text", [long]))
     pieces = [long.encode()[i : i + CONTEXT].decode() for i in range(0, len(long.encode()), CONTEXT)]

@@ -3,6 +3,8 @@ and the input types of the CLI and the proxy."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import polars as pl
 import pytest
 
@@ -40,6 +42,10 @@ def test_every_family_takes_the_protocol_keywords_and_a_role_it_lacks_is_one_sen
                                  ("gemini", "gemini-embedding-001", {"api_key": "k"}),
                                  ("bedrock", "amazon.titan-embed-text-v2:0", {"options": {"region": "us-east-1"}}),
                                  ("ollama", "nomic-embed-text", {})):
+        if family == "ollama" and importlib.util.find_spec("ollama") is None:  # the core-only (lowest) job
+            with pytest.raises(ConfigurationError, match=r"needs the ollama package: pip install 'polars-embed\[ollama\]'"):
+                make_provider(f"{family}:{model}", **common, **extra)
+            continue
         for role in ("document", "query"):
             make_provider(f"{family}:{model}", input_type=role, **common, **extra)
         with pytest.raises(ConfigurationError, match="input_type='poem' is not a role"):
@@ -49,6 +55,34 @@ def test_every_family_takes_the_protocol_keywords_and_a_role_it_lacks_is_one_sen
 def test_options_an_openai_model_does_not_have_are_refused():
     with pytest.raises(ConfigurationError, match=r"'region': no such setting .* \(provider_options=\)"):
         Embedder("text-embedding-3-small", api_key="k", cache=False, ledger=False, provider_options={"region": "x"})
+
+
+def test_options_a_family_does_not_take_or_sets_itself_are_one_sentence(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ConfigurationError, match=r"provider_options \['regoin'\] are not settings of bedrock models "
+                                                 r"\(provider_options=\); they take region, profile, normalize, truncate"):
+        make_provider("bedrock:amazon.titan-embed-text-v2:0", options={"regoin": "x"})
+    with pytest.raises(ConfigurationError, match=r"provider_options \['dimensions'\] are keywords of their own: pass dimensions="):
+        make_provider("voyage:voyage-3.5", api_key="k", options={"dimensions": 256})
+    pl.DataFrame({"text": ["a"]}).write_parquet(tmp_path / "in.parquet")
+    monkeypatch.setenv("VOYAGE_API_KEY", "k")
+    assert main(["run", str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), "--model", "voyage:voyage-3.5",
+                 "--cache", str(tmp_path / "c"), "--provider-option", "truncaton=false"]) == 2
+    err = capsys.readouterr().err
+    assert "--provider-option truncaton are not settings of voyage models (--provider-option)" in err, err
+
+
+def test_a_provider_given_to_two_embedders_keeps_each_ones_policy():
+    """``use_policy`` changes what a provider sends: each Embedder works on its own copy."""
+    from polars_embed.providers.voyage import VoyageProvider
+
+    given = VoyageProvider("voyage-3.5", api_key="k")
+    cut = Embedder(provider=given, cache=False, ledger=False)
+    exact = Embedder(provider=given, cache=False, ledger=False, on_long_input="error")
+    assert cut.provider.truncation is True and exact.provider.truncation is False
+    assert cut.identity != exact.identity and given.truncation is True
+    with pytest.raises(ConfigurationError, match="input_type='query' differs from the given provider's"):
+        Embedder(provider=given, cache=False, ledger=False, input_type="query")
+    assert Embedder(provider=given, cache=False, ledger=False, input_type="document").identity == cut.identity
 
 
 def test_a_self_hosted_model_of_unknown_size_is_asked_once():

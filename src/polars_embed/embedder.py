@@ -11,6 +11,7 @@ lazily and dropped on pickling).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 import time
@@ -47,7 +48,7 @@ from .providers import make_provider
 from .providers.base import identity_for
 from .providers.pricing import price_for
 from .show import Figures
-from .validate import check_settings
+from .validate import check_choices, check_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -140,24 +141,20 @@ class Embedder(Figures):
         mode: Literal["sync", "batch"] = "sync",
         batch: BatchSettings | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        input_type: str = "document",
+        input_type: str | None = None,
         provider_options: dict[str, Any] | None = None,
     ) -> None:
-        for setting, value, allowed in (("on_long_input", on_long_input, ("truncate", "chunk", "error")),
-                                        ("on_error", on_error, ("raise", "null")), ("mode", mode, ("sync", "batch"))):
-            if value not in allowed:
-                msg = f"{setting} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
-                raise ConfigurationError(msg)
+        check_choices(on_long_input=on_long_input, on_error=on_error, mode=mode)
         check_settings(rpm=rpm, tpm=tpm, price_per_million=price_per_million, max_cost=max_cost, timeout=timeout,
                        max_workers=1 if max_workers is None else max_workers, max_attempts=max_attempts,
                        max_retry_seconds=max_retry_seconds)
-        self.provider = provider or make_provider(
-            model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits,
-            input_type=input_type, options=provider_options,
-        )
-        if provider is not None and input_type != getattr(provider, "input_type", "document"):
-            msg = f"input_type={input_type!r} differs from the given provider's {getattr(provider, 'input_type', 'document')!r}; set it on the provider"
+        if provider is not None and input_type not in (None, getattr(provider, "input_type", "document")):
+            msg = f"input_type={input_type!r} differs from the given provider's; set it on the provider only"
             raise ConfigurationError(msg)
+        self.provider = copy.copy(provider) if provider is not None else make_provider(  # copied: use_policy below
+            model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout, limits=limits,
+            input_type=input_type or "document", options=provider_options,
+        )
         if max_workers is None:  # requests wait on the network; a local model on the cores
             max_workers = 16 if self.provider.waits_on_network else (os.cpu_count() or 1)
         self.cache = open_cache(cache)
@@ -324,11 +321,17 @@ class Embedder(Figures):
         keys = self.keys(plan.texts)
         c = Call(plan, keys, Results.empty(len(plan.texts), self.dimensions), run, run.cache_for(self.cache),
                  column, rows, released=self._inflight.released)
-        c.from_cache = c.lookup(np.arange(len(keys)))
-        if self.on_long_input == "error":  # a long text is refused even when the cache has it truncated
-            limit = self.provider.limits.max_input_tokens
-            c.from_cache[over_limit(c.plan.texts, np.flatnonzero(c.from_cache), self.provider.tokenizer(), limit)] = False
+        c.from_cache = self._lookup(c, np.arange(len(keys)))
         return c
+
+    def _lookup(self, c: Call, idx: np.ndarray, *, again: bool = False) -> np.ndarray:
+        """Which of texts ``idx`` the cache has (their results filled). Under ``on_long_input="error"``
+        a long text is refused even when the cache has it (truncated by a run that allowed it)."""
+        found = c.lookup(idx, again=again)
+        if self.on_long_input == "error" and found.any():
+            over = over_limit(c.plan.texts, idx[found], self.provider.tokenizer(), self.provider.limits.max_input_tokens)
+            found[np.isin(idx, over)] = False
+        return found
 
     def embed_slice(self, series: pl.Series, run: Run, *, name: str, column: str, rows: np.ndarray | None) -> pl.DataFrame:
         """One slice of ``run``: plan, cache, fetch, assemble; its figures go to the run."""
@@ -368,7 +371,7 @@ class Embedder(Figures):
             # A fetch that ended since the lookup (here, or on another machine: it stores before it
             # releases its claims) may have stored what we just claimed: look those up again.
             if (shared or self._inflight.released != c.released) and len(fetched):
-                found = c.lookup(fetched, again=True)
+                found = self._lookup(c, fetched, again=True)
                 c.from_cache[fetched[found]] = True
                 fetched = fetched[~found]
             c.stats.misses += len(fetched)
@@ -389,7 +392,7 @@ class Embedder(Figures):
                 c.res.vectors[i], c.res.tokens[i] = value
                 c.from_cache[i] = True
         if again:
-            found = c.lookup(np.asarray(again), again=True)
+            found = self._lookup(c, np.asarray(again), again=True)
             c.from_cache[again] = found
             if not found.all():
                 missing = np.zeros(len(c.keys), dtype=bool)

@@ -33,3 +33,15 @@ def check_settings(*, rpm: float | None, tpm: float | None, price_per_million: f
     check_number("timeout", timeout, above=0, unit=" (seconds)")
     check_number("max_attempts", max_attempts, at_least=1)
     check_number("max_retry_seconds", max_retry_seconds, at_least=0, unit=" (seconds)")
+
+
+#: The values each choice of ``Embedder`` takes.
+CHOICES = {"on_long_input": ("truncate", "chunk", "error"), "on_error": ("raise", "null"), "mode": ("sync", "batch")}
+
+
+def check_choices(**settings: str) -> None:
+    for setting, value in settings.items():
+        allowed = CHOICES[setting]
+        if value not in allowed:
+            msg = f"{setting} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+            raise ConfigurationError(msg)

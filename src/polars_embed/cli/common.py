@@ -90,7 +90,9 @@ _OPTIONS = [("mode='batch' needs the OpenAI Batch API (or a server that has it),
             ("mode='batch' is OpenAI's Batch API", "--batch is OpenAI's Batch API"), ("drop mode='batch'", "drop --batch"),
             ("pass api_key= (or use model='local:...' offline)", "or run offline with --model local:all-MiniLM-L6-v2"),
             ("model='local:", "--model local:"), ("pass base_url= and dimensions=", "pass --base-url and --dimensions"),
-            ("pass dimensions=", "pass --dimensions"), ("dimensions=", "--dimensions "),
+            ("pass dimensions=", "pass --dimensions"), (" or pass api_key=", ""), (", pass api_key=,", ","),
+            ("pass a valid api_key= or set", "set a valid"), ("or pass base_url=", "or pass --base-url"),
+            ("limits=Limits(max_input_tokens=...)", "limits=Limits(max_input_tokens=...) in Python (no option here: use --on-long-input truncate or error)"), ("dimensions=", "--dimensions "),
             ("input_type=", "--input-type "), ("(provider_options=)", "(--provider-option)"), ("use on_long_input='truncate' or 'chunk'", "use --on-long-input truncate or chunk"),
             ("price_per_million", "--price"), ("max_workers", "--workers"), ("max_cost", "--max-cost"),
             ("no rpm= or tpm= given", "no --rpm or --tpm given"), ("rpm must", "--rpm must"), ("tpm must", "--tpm must"), ("limiter= must be a Limiter object or", "--limiter must be"),
@@ -101,6 +103,7 @@ def for_cli(message: str) -> str:
     """A library message in the words of this command (``--dimensions``, not ``dimensions=``)."""
     message = re.sub(r"provider_options=\{'(\w+)': '?([^'}]*)'?\}", r"--provider-option \1=\2", message)
     message = re.sub(r"on_long_input='(\w+)' needs", r"--on-long-input \1 needs", message)
+    message = re.sub(r"provider_options \[([^]]*)\]", lambda m: "--provider-option " + m[1].replace("'", ""), message)
     for library, option in _OPTIONS:
         message = message.replace(library, option)
     return message

@@ -7,6 +7,7 @@ priced in ``pricing.py``, and ``make_provider`` below picks one from the model's
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -44,6 +45,7 @@ def make_provider(
             msg = f"model {model!r} names no model after {family}:; e.g. {family}:<model>"
             raise ConfigurationError(msg)
         cls = importlib.import_module(f".{family}", __name__).PROVIDER
+        check_options(cls, family, options or {})
         return cls(name, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout,  # type: ignore[no-any-return]
                    limits=limits, input_type=input_type, **(options or {}))
     if options:
@@ -51,3 +53,25 @@ def make_provider(
         raise ConfigurationError(msg)
     return OpenAIProvider(model, dimensions=dimensions, base_url=base_url, api_key=api_key, timeout=timeout,
                           limits=limits, input_type=input_type)
+
+
+#: The keywords every provider takes from ``Embedder`` itself, never from ``provider_options``.
+OWN_KEYWORDS = ("dimensions", "base_url", "api_key", "timeout", "limits", "input_type")
+
+
+def check_options(cls: type, family: str, options: dict[str, Any]) -> None:
+    """``provider_options`` a family's provider does not take, or that ``Embedder`` sets itself,
+    are one sentence (not Python's TypeError about ``__init__``)."""
+    params = list(inspect.signature(cls).parameters.values())  # the class: no self
+    own = sorted(set(options) & {*OWN_KEYWORDS, params[0].name})  # and the model (Azure's: deployment)
+    if own:
+        msg = f"provider_options {own} are keywords of their own: pass {own[0]}= itself (provider_options=)"
+        raise ConfigurationError(msg)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):  # the provider checks them itself
+        return
+    takes = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in OWN_KEYWORDS]
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        msg = (f"provider_options {unknown} are not settings of {family} models (provider_options=); "
+               f"they take {', '.join(takes) or 'none'}")
+        raise ConfigurationError(msg)

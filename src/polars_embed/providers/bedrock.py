@@ -39,6 +39,7 @@ https://aws.amazon.com/bedrock/pricing/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -78,6 +79,8 @@ MODELS: dict[str, ModelSpec] = {
 TITAN_LIMITS = Limits(max_inputs=1, max_request_tokens=8192, max_input_tokens=8192)
 #: Cohere on Bedrock: 96 texts per request of 2,048 characters each (bytes here, >= characters).
 COHERE_LIMITS = Limits(max_inputs=96, max_request_tokens=96 * 2048, max_input_tokens=2048)
+#: With the server told not to cut: what the model reads, 512 tokens, held as 512 UTF-8 bytes.
+COHERE_EXACT_LIMITS = Limits(max_inputs=96, max_request_tokens=96 * 512, max_input_tokens=512)
 COHERE_ROLES = {"document": "search_document", "query": "search_query",
                 "classification": "classification", "clustering": "clustering"}
 TRUNCATE_MODES = ("END", "START", "NONE")
@@ -145,6 +148,7 @@ class BedrockProvider:
         self.base_url = base_url
         self.region_option, self.profile = region, profile
         self.normalize, self.truncate = self._options(spec, normalize, truncate)
+        self._asked_truncate, self._limits_given = truncate, limits is not None
         self.timeout = timeout
         self.limits = limits or (TITAN_LIMITS if self.kind == "titan" else COHERE_LIMITS)
         if self.kind == "titan" and self.limits.max_inputs != 1:
@@ -172,6 +176,17 @@ class BedrockProvider:
             return None, truncate or "END"
         return (True if normalize is None else normalize) if spec.choices else None, None
 
+    def use_policy(self, policy: str) -> None:
+        """A Cohere model cuts at its 512 tokens for "truncate" (``END``). "chunk" and "error"
+        need the exact cut: the server is told not to cut (``NONE``) and the pipeline keeps each
+        text within 512 UTF-8 bytes, which are at most 512 tokens (the tokenizer is not
+        available offline). ``provider_options={"truncate": ...}`` or ``limits=`` override it."""
+        if self.kind != "cohere" or self._asked_truncate is not None:
+            return
+        self.truncate = "END" if policy == "truncate" else "NONE"
+        if not self._limits_given:
+            self.limits = COHERE_LIMITS if policy == "truncate" else COHERE_EXACT_LIMITS
+
     # -- where, and who -------------------------------------------------------------------
     def region(self) -> str | None:
         """``provider_options={"region": ...}``, else ``AWS_REGION``, else ``AWS_DEFAULT_REGION``."""
@@ -197,14 +212,19 @@ class BedrockProvider:
 
     def identity(self, policy: str) -> VectorIdentity:
         """The model at its size and role, with the body settings that change vectors."""
-        params: tuple[tuple[str, str], ...] = ()
-        if self.normalize is not None:
-            params = (("normalize", str(self.normalize).lower()),)
-        if self.truncate is not None:
-            params = (("truncate", self.truncate),)
-        default = (TITAN_LIMITS if self.kind == "titan" else COHERE_LIMITS).max_input_tokens
-        return identity_of(self, policy, default_limit=default, namespace=self.cache_namespace, role=self.role,
-                           params=params)
+        if self.kind == "titan":
+            params = (("normalize", str(self.normalize).lower()),) if self.normalize is not None else ()
+            return identity_of(self, policy, default_limit=TITAN_LIMITS.max_input_tokens,
+                               namespace=self.cache_namespace, params=params)
+        if self.truncate != "NONE" and policy != "truncate":
+            msg = (f"on_long_input={policy!r} needs texts cut exactly, but provider_options={{'truncate': "
+                   f"{self.truncate!r}}} has Bedrock cut long texts itself; drop it")
+            raise ConfigurationError(msg)
+        # Texts within the 512 tokens the model reads (512 bytes) are cut by no one and share one
+        # key; a longer one's key names who cut it (the server: END or START; or the pipeline).
+        identity = identity_of(self, policy, default_limit=COHERE_EXACT_LIMITS.max_input_tokens,
+                               namespace=self.cache_namespace, role=self.role)
+        return dataclasses.replace(identity, long_input=f"{identity.long_input}:{self.truncate}")
 
     def __repr__(self) -> str:  # never shows a credential
         return f"BedrockProvider(model={self.model!r}, dimensions={self.dimensions}, endpoint={self.endpoint!r})"

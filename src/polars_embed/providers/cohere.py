@@ -34,6 +34,7 @@ JSON parse); at Cohere's 2,000 inputs a minute that is under a tenth of a core.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -189,9 +190,11 @@ class CohereProvider:
             msg = (f"on_long_input={policy!r} needs texts cut exactly, but provider_options={{'truncate': 'END'}} "
                    f"has Cohere cut long texts itself; drop it")
             raise ConfigurationError(msg)
-        params = (("truncate", self.truncate),) if self.server_cuts else ()
-        return identity_of(self, policy, default_limit=self.context, namespace=self.cache_namespace,
-                           role=self.role, params=params)
+        identity = identity_of(self, policy, default_limit=self.context, namespace=self.cache_namespace,
+                               role=self.role)
+        if self.server_cuts:  # only texts over the context (in bytes) may be cut or refused by Cohere
+            identity = dataclasses.replace(identity, long_input=f"{identity.long_input}:{self.truncate}")
+        return identity
 
     def __repr__(self) -> str:  # never shows the key
         return (f"CohereProvider(model={self.model!r}, dimensions={self.dimensions}, "

@@ -38,6 +38,7 @@ What is sent, and where it comes from:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import threading
@@ -154,15 +155,18 @@ class OllamaProvider:
         "chunk" it is told not to, and refuses a text over the context. "chunk" needs the
         context, which Ollama does not say ahead."""
         if policy == "chunk" and not self._limits_given:
-            msg = (f"on_long_input='chunk' with Ollama needs limits=Limits(max_input_tokens=...) set to the "
+            msg = (f"on_long_input='chunk' needs limits=Limits(max_input_tokens=...) with Ollama, set to the "
                    f"context of {self.model!r} in tokens (e.g. 2048), which Ollama does not say ahead")
             raise ConfigurationError(msg)
         self._server_truncates = policy == "truncate"
 
     def identity(self, policy: str) -> VectorIdentity:
-        """The model at its dimensions on this server; no role (Ollama's truncation at the
-        model's context is part of every vector's identity: the default policy)."""
-        return identity_of(self, policy, default_limit=SERVER_TRUNCATES, namespace=self.cache_namespace)
+        """The model at its dimensions on this server; no role. Ollama's own truncation (under
+        "truncate") is in the key of every text: the context it cuts at is not known here."""
+        identity = identity_of(self, policy, default_limit=SERVER_TRUNCATES, namespace=self.cache_namespace)
+        if self._server_truncates:  # at a context we do not know: any text may be cut, so none shares
+            identity = dataclasses.replace(identity, long_input="truncate:server", input_limit=0)  # "error"'s key
+        return identity
 
     def __repr__(self) -> str:  # never shows a key
         return f"OllamaProvider(model={self.model!r}, dimensions={self.dimensions}, base_url={self.base_url!r})"

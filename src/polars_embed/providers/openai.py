@@ -130,8 +130,9 @@ class OpenAIProvider:
         schema is known before the run; ``dimensions=`` skips it (and ``find_dimensions=False``:
         the proxy, where a client's model name must not cost a request)."""
         try:
-            raw = self.client().embeddings.with_raw_response.create(model=self.model, input=["dimensions probe"],
-                                                                     encoding_format="float")
+            client = self.client().with_options(max_retries=2)  # a 429, a 5xx or a dropped connection: again
+            raw = client.embeddings.with_raw_response.create(model=self.model, input=["dimensions probe"],
+                                                             encoding_format="float")
             vector = json.loads(raw.content)["data"][0]["embedding"]
             if not isinstance(vector, list) or not vector:
                 raise MalformedResponse("no vector in the answer")
@@ -209,7 +210,8 @@ class OpenAIProvider:
         if self._send_dimensions:
             kwargs["dimensions"] = self.dimensions
         kwargs["encoding_format"] = self.limits.encoding_format
-        raw = self.client().embeddings.with_raw_response.create(**kwargs)
+        raw = self.client().with_options(max_retries=2).embeddings.with_raw_response.create(  # a 429 or 5xx twice
+                **kwargs)
         headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith(("x-ratelimit", "retry-after"))}
         vectors, billed = parse_body(raw.content, len(texts), self.dimensions, len(texts) * self.limits.max_input_tokens)
         return BatchResult(vectors, billed, headers)

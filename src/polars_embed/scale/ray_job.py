@@ -263,6 +263,7 @@ class Accounts:
         figures = RunStats(**stats)
         self.run.add(RunStats(requests=figures.requests, retries=figures.retries, rate_limited=figures.rate_limited,
                               tokens_counted=figures.tokens_counted, tokens_billed=figures.tokens_billed,
+                              tokens_estimated=figures.tokens_estimated,
                               cost_usd=figures.cost_usd, uncached=figures.uncached), [], [])
 
     def close(self) -> None:
