@@ -210,8 +210,7 @@ class OpenAIProvider:
         if self._send_dimensions:
             kwargs["dimensions"] = self.dimensions
         kwargs["encoding_format"] = self.limits.encoding_format
-        raw = self.client().with_options(max_retries=2).embeddings.with_raw_response.create(  # a 429 or 5xx twice
-                **kwargs)
+        raw = self.client().embeddings.with_raw_response.create(**kwargs)
         headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith(("x-ratelimit", "retry-after"))}
         vectors, billed = parse_body(raw.content, len(texts), self.dimensions, len(texts) * self.limits.max_input_tokens)
         return BatchResult(vectors, billed, headers)

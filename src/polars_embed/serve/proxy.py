@@ -17,6 +17,7 @@ updated every few seconds (``Proxy.flush``).
 from __future__ import annotations
 
 import logging
+import copy
 import os
 import re
 import threading
@@ -81,7 +82,12 @@ class _Timed:
         self._inner, self._metrics = inner, metrics
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # a copy being built has no inner provider yet
+            raise AttributeError(name)
         return getattr(self._inner, name)
+
+    def __copy__(self) -> "_Timed":  # an Embedder copies its provider: copy the one inside too
+        return _Timed(copy.copy(self._inner), self._metrics)
 
     def embed(self, texts: list[str]) -> BatchResult:
         started = time.perf_counter()
