@@ -16,8 +16,8 @@ updated every few seconds (``Proxy.flush``).
 
 from __future__ import annotations
 
-import logging
 import copy
+import logging
 import os
 import re
 import threading
@@ -86,7 +86,7 @@ class _Timed:
             raise AttributeError(name)
         return getattr(self._inner, name)
 
-    def __copy__(self) -> "_Timed":  # an Embedder copies its provider: copy the one inside too
+    def __copy__(self) -> _Timed:  # an Embedder copies its provider: copy the one inside too
         return _Timed(copy.copy(self._inner), self._metrics)
 
     def embed(self, texts: list[str]) -> BatchResult:
