@@ -200,7 +200,8 @@ def test_mini_batches_cover_every_text_once_in_length_order_within_the_caps(leng
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= max_tokens
 
 
-def test_minilm_keeps_sixteen_texts_a_mini_batch():
+def test_minilm_keeps_sixteen_texts_a_mini_batch(tmp_path):
+    assert LocalProvider().batch_tokens == LocalProvider(f"local:{minilm_dir(tmp_path / 'm')}").batch_tokens == 4096
     assert [len(b) for b in mini_batches([256] * 40)] == [16, 16, 8]
     assert [len(b) for b in mini_batches([512] * 20)] == [8, 8, 4]  # a longer model: as many tokens, fewer texts
 

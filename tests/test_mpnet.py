@@ -66,6 +66,7 @@ def test_a_second_embedder_uses_the_built_model_and_its_own_cache_entries(mpnet,
         assert not small.embed(pl.Series("text", ["hello world"]))["embedding_cache_hit"][0]
         assert emb.embed(pl.Series("text", ["hello world"]))["embedding_cache_hit"][0]
     assert mpnet.provider.limits.max_input_tokens == 382
+    assert mpnet.provider.batch_tokens == 384  # one text at its limit: a stop waits for one text, not 4,096 tokens
 
 
 def test_a_damaged_build_is_refused(models, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ Roles are prefixes: the model's own ``prompts`` (sentence-transformers'
 for a document. A model without prompts takes "document" and "query" and changes nothing.
 
 A "request" is a local batch run on the embedder's pool; inside it, texts are sorted by
-length and run in mini-batches capped in padded tokens (``MINI_BATCH_TOKENS``) as well as in
+length and run in mini-batches capped in padded tokens (``batch_tokens``) as well as in
 texts, so memory stays bounded for long texts and short texts do not pay for long ones; a
 stop is honoured between mini-batches. onnxruntime's memory arena is off: with shapes that
 change every mini-batch it only grows (measured in ``bench/local_memory.py``).
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 MINI_BATCH = 16  # texts; measured: 16 beats 8 and 32 on short texts (2 cores)
 MINI_BATCH_TOKENS = 16 * 256  # padded tokens: MiniLM's 16 texts at its limit, fewer texts of longer models
+MINILM_BYTES = 22_928_619  # the default model's file: the work per token MINI_BATCH_TOKENS is sized for
 REQUEST_TOKENS = 256 * 256  # a request: 256 of MiniLM's longest texts, as many tokens for any model
 DEVICES = ("auto", "cpu", "cuda")
 CPU_ARENA = False  # onnxruntime's arena grows with shapes that change every mini-batch (bench/local_memory.py)
@@ -140,6 +141,7 @@ class LocalProvider:
             raise ConfigurationError(msg)
         self.dimensions = full
         self.prefix = self._prefix(input_type)
+        self.batch_tokens = batch_tokens(self.files)
         self.limits = limits or Limits(max_inputs=256, max_request_tokens=REQUEST_TOKENS,
                                        max_input_tokens=self._input_limit())
 
@@ -232,7 +234,7 @@ class LocalProvider:
         specials = len(self._runner.tok.encode("", add_special_tokens=True).ids)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         billed = sum(len(x) for x in ids) - specials * len(ids)
-        for part in mini_batches([len(x) for x in ids]):
+        for part in mini_batches([len(x) for x in ids], max_tokens=self.batch_tokens):
             if stop is not None and stop.is_set():
                 raise Stopped("the run was stopped")
             out[part] = self._run([ids[i] for i in part])
@@ -255,6 +257,15 @@ class LocalProvider:
         if self.files.normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return np.asarray(vectors, dtype=np.float32)
+
+
+def batch_tokens(files: ModelFiles) -> int:
+    """``MINI_BATCH_TOKENS`` for a model as costly per token as MiniLM, fewer for a larger one
+    (its file's size stands for its work per token), so that a mini-batch, what a stop waits
+    for, stays short; never less than one text at the model's limit."""
+    size = sum(p.stat().st_size for p in (files.onnx, files.onnx.with_name(files.onnx.name + "_data"),
+                                          files.onnx.with_name(files.onnx.name + ".data")) if p.is_file())
+    return max(files.max_tokens, int(MINI_BATCH_TOKENS * min(1.0, MINILM_BYTES / max(size, 1))))
 
 
 def mini_batches(lengths: Sequence[int], max_texts: int = MINI_BATCH, max_tokens: int = MINI_BATCH_TOKENS) -> list[np.ndarray]:
