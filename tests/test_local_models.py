@@ -49,16 +49,19 @@ def minilm_dir(root: Path, *, prompts: dict[str, str] | None = None, nested: boo
     return root
 
 
-def other_model(root: Path) -> None:
-    """Replace the directory's model with another of the same shape: a token embedding table."""
+def other_model(root: Path, *, ids: str = "INT64", extra_input: str | None = None) -> None:
+    """Replace the directory's model with another of the same shape: a token embedding table
+    (``ids``: the integer type it takes; ``extra_input``: one more input it wants)."""
     onnx = pytest.importorskip("onnx")  # in the test extra; the lowest-versions job has only the core
     from onnx import TensorProto, helper, numpy_helper
 
     table = np.random.default_rng(7).standard_normal((30522, 384)).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("input_ids", getattr(TensorProto, ids), ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", getattr(TensorProto, ids), ["batch", "seq"])]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info(extra_input, TensorProto.INT64, ["batch", "seq"]))
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])], "lookup",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])], "lookup", inputs,
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", 384])],
         [numpy_helper.from_array(table, "table")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -168,6 +171,22 @@ def test_a_text_at_the_room_the_prefix_leaves_is_run_whole(tmp_path):
     ({"model.onnx": b"x", "tokenizer.json": b"{}", "1_Pooling/config.json": b'{"pooling_mode_weightedmean_tokens": true}'},
      "weighted-mean pooling is not one this runs"),
     ({"model.onnx": b"x", "tokenizer.json": b"{}", "sentence_bert_config.json": b"{not json"}, "is not readable JSON"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "modules.json": b'{"0": "x"}'}, "holds a JSON dict, not the list"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "modules.json": b'["x"]'}, "module 'x' .* is not one this runs"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "1_Pooling/config.json": b"[]"}, "holds a JSON list, not the dict"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "sentence_bert_config.json": b'{"max_seq_length": "abc"}'},
+     "max_seq_length must be a positive whole number, got 'abc'"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "sentence_bert_config.json": b'{"max_seq_length": 3.7}'},
+     "max_seq_length must be a positive whole number, got 3.7"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true, '
+      b'"word_embedding_dimension": "abc"}'}, "word_embedding_dimension must be a positive whole number"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true, '
+      b'"include_prompt": false}'}, "include_prompt false .* is not one this runs"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "config_sentence_transformers.json": b"[]"}, "holds a JSON list"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "config_sentence_transformers.json":
+      b'{"prompts": {"query": "q: "}, "default_prompt_name": "doc"}'}, "default_prompt_name 'doc' names no prompt"),
+    ({"model.onnx": b"x", "tokenizer.json": b"{}", "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true, '
+      b'"word_embedding_dimension": 384}'}, "is not a tokenizer file the tokenizers package reads"),
 ])
 def test_a_directory_this_cannot_run_is_one_sentence(tmp_path, files, words):
     for name, data in files.items():
@@ -213,3 +232,73 @@ def test_a_provider_pickles_with_its_prompts(tmp_path):
     p = LocalProvider(f"local:{d}", input_type="query", document_prompt="doc: ")
     q = pickle.loads(pickle.dumps(p))
     assert (q.prefix, q.identity("truncate")) == (p.prefix, p.identity("truncate"))
+
+
+def test_what_onnxruntime_cannot_run_is_one_sentence(tmp_path):
+    d = minilm_dir(tmp_path / "m")
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 100,
+                                                              "pooling_mode_mean_tokens": True}))
+    with closing(Embedder(f"local:{d}", cache=False)) as emb, \
+         pytest.raises(ConfigurationError, match="gives 384 dimensions where its pooling config says 100"):
+        frame(emb, ["hello"])
+    (d / "onnx" / "model.onnx").write_bytes(b"not onnx")
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))  # probes its size
+    with pytest.raises(ConfigurationError, match="onnxruntime cannot load .*model.onnx"):
+        Embedder(f"local:{d}", cache=False)
+    other_model(d, extra_input="position_ids")
+    with pytest.raises(ConfigurationError, match="takes input 'position_ids'"):
+        Embedder(f"local:{d}", cache=False)
+    other_model(d, ids="INT32")  # fed as the integers it takes
+    with closing(Embedder(f"local:{d}", cache=False)) as emb:
+        assert frame(emb, ["hello"])["embedding"][0] is not None
+
+
+def test_a_pickled_embedder_refuses_a_directory_that_now_holds_another_model(tmp_path):
+    import pickle
+
+    d = minilm_dir(tmp_path / "m")
+    with closing(Embedder(f"local:{d}", cache=tmp_path / "c")) as emb:
+        frame(emb, TEXTS)
+        blob = pickle.dumps(emb)
+    other_model(d)
+    with pytest.raises(ConfigurationError, match="holds another model or tokenizer than when this embedder was made"):
+        pickle.loads(blob)
+
+
+def test_a_tokenizer_changed_after_the_embedder_was_made_is_refused(tmp_path):
+    d = minilm_dir(tmp_path / "m")
+    emb = Embedder(f"local:{d}", cache=False)
+    (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text().replace('"hello"', '"hellp"'))
+    with pytest.raises(ConfigurationError, match="the tokenizer .* has sha256 .* it changed since the embedder was made"):
+        frame(emb, ["hello"])
+    emb.close()
+
+
+def test_a_same_size_copy_that_keeps_its_mtime_is_another_model(tmp_path):
+    """cp -p, rsync -a and tar keep the mtime: the digest memo must not take the new file for
+    the old one (a swapped vocabulary entry keeps the size)."""
+    import os
+
+    d, cache = minilm_dir(tmp_path / "m"), tmp_path / "c"
+    with closing(Embedder(f"local:{d}", cache=cache)) as emb:
+        frame(emb, ["hello there"])
+    tok = d / "tokenizer.json"
+    st = tok.stat()
+    text = tok.read_text()
+    tok.write_text(text.replace('"hello"', '"h#llo"', 1))
+    os.utime(tok, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert tok.stat().st_size == st.st_size
+    with closing(Embedder(f"local:{d}", cache=cache)) as emb:
+        assert not frame(emb, ["hello there"])["embedding_cache_hit"].any()
+
+
+def test_lowercasing_and_the_default_prompt_are_the_models_own(tmp_path):
+    d = minilm_dir(tmp_path / "m", prompts={"query": "query: ", "retrieval": "doc: "})
+    (d / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "retrieval": "doc: "}, "default_prompt_name": "retrieval"}))
+    assert LocalProvider(f"local:{d}").prefix == "doc: "  # what sentence-transformers uses unasked
+    plain = LocalProvider(f"local:{d}").identity("truncate")
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": True}))
+    lower = LocalProvider(f"local:{d}")
+    assert lower.tokenizer().encode_batch(["Über ALLES"]) == lower.tokenizer().encode_batch(["über alles"])
+    assert lower.identity("truncate") != plain

