@@ -4,6 +4,7 @@ project's test server as the upstream (real HTTP both ways)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -174,6 +175,41 @@ def test_keys_are_hashed_unknown_keys_get_401_without_an_upstream_call(start, up
     assert records.filter(pl.col("source") == "serve:team-a")["rows"].to_list() == [1]
 
 
+def test_every_answer_has_a_request_id_and_the_auth_scheme_is_any_case(start, upstream, tmp_path):
+    keys = Keys(tmp_path / "keys.json")
+    team = keys.add("team-a")
+    s = start(keys=Keys(tmp_path / "keys.json"))
+    raw = client(s, team).embeddings.with_raw_response.create(model=MODEL, input="x", dimensions=64)
+    assert raw.headers["x-request-id"].startswith("req_") and raw.parse()._request_id == raw.headers["x-request-id"]
+    ids = {raw.headers["x-request-id"]}
+    for scheme in ("bearer", "BEARER", "Bearer"):  # RFC 7235: the scheme is case-insensitive
+        req = urllib.request.Request(s.url + "/embeddings", data=b'{"model": "text-embedding-3-small", "input": "x"}',
+                                     headers={"authorization": f"{scheme} {team}", "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+            ids.add(r.headers["x-request-id"])
+    for url, body, key in ((s.url + "/embeddings", b"{not json", team), (s.url + "/embeddings", b"{}", "wrong"),
+                           (s.url + "/nowhere", b"{}", team)):
+        req = urllib.request.Request(url, data=body, headers={"authorization": f"Bearer {key}"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        assert info.value.code in (400, 401, 404) and info.value.headers["x-request-id"].startswith("req_")
+        ids.add(info.value.headers["x-request-id"])
+    assert len(ids) == 7  # one of its own each
+
+
+def test_serve_without_its_extra_is_one_sentence():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['uvicorn'] = None; from polars_embed.cli import main; "
+            "sys.exit(main(['serve', '--port', '0']))")
+    p = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OPENAI_API_KEY": "sk-x"})
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "serving" not in p.stderr
+    assert "polars-embed serve needs the serve extra (uvicorn is missing): pip install 'polars-embed[serve]'" in p.stderr
+
+
 def test_the_upstream_key_never_leaves_the_proxy(start, upstream, caplog):
     upstream.configure(faults=Faults(refuse_all="dimensions refused", echo_key="full"))
     s = start()
@@ -214,6 +250,9 @@ def test_the_upstream_key_never_leaves_the_proxy(start, upstream, caplog):
     (b'{"model": "m\\ud800", "input": "x", "dimensions": 8}', "model"),
     (b'{"model": "text-embedding-3-small", "input": "x", "encoding_format": ""}', "encoding_format"),
     (b"[" * 100_000 + b"]" * 100_000, None),
+    (b'{"model": "text-embedding-3-small", "input": ["text", [1, 2]]}', "input"),  # the spec: one kind of array
+    (b'{"model": "text-embedding-3-small", "input": "x", "encoding_format": null}', "encoding_format"),
+    (b'{"model": "text-embedding-3-small", "input": "x", "temperature": 1}', None),  # no such field
 ])
 def test_bad_requests_get_openais_error_shape_never_a_500(start, upstream, body, param):
     s = start()

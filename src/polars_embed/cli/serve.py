@@ -55,6 +55,14 @@ def command(args: argparse.Namespace) -> int:
     from ..serve.keys import Keys
     from ..serve.proxy import ProxyConfig
 
+    try:  # before anything is said or started
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(f"polars-embed serve needs the serve extra ({exc.name} is missing): "
+                                 "pip install 'polars-embed[serve]' (in a clone: pip install -e '.[serve]')") from None
+
     keys = Keys(args.keys) if args.keys else None
     if args.new_key is not None:
         if keys is None:

@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
@@ -67,6 +68,7 @@ def create_app(config: ProxyConfig) -> Starlette:
     import anyio
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -87,7 +89,7 @@ def create_app(config: ProxyConfig) -> Starlette:
         except OpenAIError as exc:
             response = error(exc)
         except Exception:  # a bug of ours: said once in the log, never the key, never a traceback to the client
-            log.exception("embedding request failed")
+            log.exception(f"embedding request {request.scope.get('state', {}).get('request_id', '')} failed")
             response = error(OpenAIError(500, "the proxy failed on this request; see its log", kind="server_error"))
         metrics.requests.labels(key, str(response.status_code)).inc()
         if response.status_code == 200:
@@ -124,7 +126,7 @@ def create_app(config: ProxyConfig) -> Starlette:
         finally:
             await anyio.to_thread.run_sync(proxy.close)
 
-    app = Starlette(routes=[
+    app = Starlette(middleware=[Middleware(RequestIds)], routes=[
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
@@ -133,6 +135,29 @@ def create_app(config: ProxyConfig) -> Starlette:
     ], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.proxy = proxy
     return app
+
+
+class RequestIds:
+    """Every answer carries an ``x-request-id`` (``req_`` and 32 hex digits), as OpenAI's do:
+    the SDK's ``_request_id``, and what a client quotes when it reports a failure (the log of
+    a failed request names it)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def error(exc: OpenAIError) -> Response:

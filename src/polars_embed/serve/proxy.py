@@ -143,7 +143,8 @@ class Proxy:
         keys = self.config.keys
         if keys is None:
             return ANONYMOUS
-        key = (authorization or "").removeprefix("Bearer ").strip()
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else (authorization or "").strip()  # the scheme: any case
         name = keys.name_of(key) if key else None
         if name is None:
             msg = "You didn't provide an API key." if not key else "Incorrect API key provided."

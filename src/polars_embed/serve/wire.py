@@ -17,6 +17,9 @@ import numpy as np
 MAX_INPUTS = 2048
 #: The largest ``dimensions`` a request may ask for (OpenAI's largest model has 3,072).
 MAX_DIMENSIONS = 16_384
+#: The body fields the spec names (``CreateEmbeddingRequest``), and the role fields other
+#: providers' clients send; anything else is refused, as OpenAI refuses it.
+FIELDS = {"model", "input", "encoding_format", "dimensions", "user", "input_type", "task_type"}
 
 class OpenAIError(Exception):
     """An answer in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -58,6 +61,9 @@ def parse_request(body: bytes) -> EmbeddingRequest:
                    "your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
     if not isinstance(req, dict):
         raise bad_request("The body of your request must be a JSON object.")
+    unknown = sorted(set(req) - FIELDS)
+    if unknown:
+        raise bad_request(f"Unrecognized request argument supplied: {', '.join(map(str, unknown))}")
     model = req.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("you must provide a model parameter", "model")
@@ -68,6 +74,8 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         raw = [raw]  # one text, or one token array
     if not isinstance(raw, list) or not raw:
         raise bad_request("'$.input' is invalid: give a string, an array of strings or an array of token arrays.", "input")
+    if any(isinstance(x, str) for x in raw) and any(not isinstance(x, str) for x in raw):
+        raise bad_request("'$.input' is invalid: an array of strings or an array of token arrays, not both.", "input")
     if len(raw) > MAX_INPUTS:
         raise bad_request(f"'$.input' is invalid: array must have at most {MAX_INPUTS} items, got {len(raw)}.", "input")
     for i, x in enumerate(raw):
@@ -79,7 +87,8 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         elif not (isinstance(x, list) and x and all(_is_token(t) for t in x)):
             raise bad_request(f"'$.input[{i}]' is invalid: each input is a non-empty string or array of tokens.", "input")
     fmt = req.get("encoding_format", "float")
-    fmt = "float" if fmt is None else fmt
+    if fmt is None:
+        raise bad_request("None is not of type 'string' - 'encoding_format'", "encoding_format")
     if not isinstance(fmt, str) or fmt not in ("float", "base64"):
         raise bad_request(f"'{fmt}' is not one of ['float', 'base64'] - 'encoding_format'", "encoding_format")
     dims = req.get("dimensions")
