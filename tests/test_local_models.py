@@ -205,6 +205,10 @@ def test_local_options_are_checked():
         Embedder("local:all-MiniLM-L6-v2", provider_options={"temperature": 1})
     with pytest.raises(ConfigurationError, match="device='tpu' is not one of"):
         Embedder("local:all-MiniLM-L6-v2", provider_options={"device": "tpu"})
+    with pytest.raises(ConfigurationError, match="query_prompt=5 must be text"):
+        Embedder("local:all-MiniLM-L6-v2", provider_options={"query_prompt": 5})
+    with pytest.raises(ConfigurationError, match="threads=0 must be a whole number"):
+        Embedder("local:all-MiniLM-L6-v2", provider_options={"threads": 0})
 
 
 @settings(max_examples=200, deadline=None)

@@ -90,6 +90,13 @@ class LocalProvider:
         if device not in DEVICES:
             msg = f"device={device!r} is not one of {', '.join(map(repr, DEVICES))} (provider_options=)"
             raise ConfigurationError(msg)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            msg = f"threads={threads!r} must be a whole number of at least 1 (provider_options=)"
+            raise ConfigurationError(msg)
+        for name, prompt in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
+            if prompt is not None and not isinstance(prompt, str):
+                msg = f"{name}={prompt!r} must be text, the prefix itself (provider_options=)"
+                raise ConfigurationError(msg)
         self.model, self.input_type, self.threads, self.device = model, input_type, threads, device
         self._given = {"query_prompt": query_prompt, "document_prompt": document_prompt}
         self.files, self.builtin = self._files(model)
