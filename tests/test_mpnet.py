@@ -69,14 +69,14 @@ def test_a_second_embedder_uses_the_built_model_and_its_own_cache_entries(mpnet,
     assert mpnet.provider.batch_tokens == 384  # one text at its limit: a stop waits for one text, not 4,096 tokens
 
 
-def test_a_damaged_build_is_refused(models, tmp_path, monkeypatch):
+def test_a_damaged_build_is_refused(mpnet, models, tmp_path, monkeypatch):
     monkeypatch.setenv("POLARS_EMBED_MODELS", str(tmp_path))
     built = tmp_path / "all-mpnet-base-v2" / "onnx" / "model.onnx"
     built.parent.mkdir(parents=True)
-    built.write_bytes((models / "all-mpnet-base-v2" / "onnx" / "model.onnx").read_bytes()[:-1] + b"\0")
+    built.write_bytes(b"\0" * 4096)  # a build cut short
     (tmp_path / "all-mpnet-base-v2" / "tokenizer.json").write_bytes(
         (models / "all-mpnet-base-v2" / "tokenizer.json").read_bytes())
     emb = Embedder("local:all-mpnet-base-v2", cache=False)
-    with pytest.raises(ConfigurationError, match="has sha256 .* expected 7657bcdf5338"):
+    with pytest.raises(ConfigurationError, match="has sha256 .* expected 7657bcdf5338.*; delete .* to build it again"):
         emb.embed(pl.Series("text", ["hello"]))
     emb.close()
