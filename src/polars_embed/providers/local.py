@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ConfigurationError
 from ..pipeline.runner import Stopped
 from .base import ROLES, BatchResult, Limits, identity_of
-from .onnx_dir import ModelFiles, ModelTokenizer, file_sha256, read_model_dir
+from .onnx_dir import ModelFiles, ModelTokenizer, file_sha256, model_parts, read_model_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -169,9 +169,8 @@ class LocalProvider:
         f = self.files
         params = (("tokenizer", f.tokenizer_sha256[:32]), ("pooling", f.pooling), ("normalize", str(f.normalize)),
                   ("max_tokens", str(f.max_tokens)), ("lowercase", str(f.lowercase)))
-        named = replace(identity_of(self, policy, default_limit=default, prefix=self.prefix, params=params),
-                        model=f"onnx-sha256:{f.sha256}")
-        return named
+        return replace(identity_of(self, policy, default_limit=default, prefix=self.prefix, params=params),
+                       model=f"onnx-sha256:{f.sha256}")
 
     def __getstate__(self) -> dict[str, Any]:
         return {"model": self.model, "limits": self.limits, "threads": self.threads, "input_type": self.input_type,
@@ -248,8 +247,7 @@ def batch_tokens(files: ModelFiles) -> int:
     """``MINI_BATCH_TOKENS`` for a model as costly per token as MiniLM, fewer for a larger one
     (its file's size stands for its work per token), so that a mini-batch, what a stop waits
     for, stays short; never less than one text at the model's limit."""
-    size = sum(p.stat().st_size for p in (files.onnx, files.onnx.with_name(files.onnx.name + "_data"),
-                                          files.onnx.with_name(files.onnx.name + ".data")) if p.is_file())
+    size = sum(p.stat().st_size for p in model_parts(files.onnx))
     return max(files.max_tokens, int(MINI_BATCH_TOKENS * min(1.0, MINILM_BYTES / max(size, 1))))
 
 
@@ -316,7 +314,7 @@ def _load_session(files: ModelFiles, threads: int, device: str) -> Any:
     except ImportError as exc:
         msg = f"local models need onnxruntime ({exc}); reinstall polars-embed"
         raise ConfigurationError(msg) from exc
-    external = any(files.onnx.with_name(files.onnx.name + s).is_file() for s in ("_data", ".data"))
+    external = len(model_parts(files.onnx)) > 1
     data = None if external else files.onnx.read_bytes()
     digest = file_sha256(files.onnx) if external else hashlib.sha256(data or b"").hexdigest()
     if digest != files.sha256:

@@ -164,17 +164,22 @@ def _json(path: Path, default: Any, kind: type) -> Any:
     return value
 
 
-_digests: dict[tuple[str, int, int], str] = {}
+def model_parts(path: Path) -> list[Path]:
+    """The model file and its ONNX external data beside it (``<name>_data``, ``<name>.data``)."""
+    return [p for p in (path, path.with_name(path.name + "_data"), path.with_name(path.name + ".data")) if p.is_file()]
+
+
+_digests: dict[tuple[str, tuple[tuple[int, ...], ...]], str] = {}
 _digests_lock = threading.Lock()
 
 
 def file_sha256(path: Path) -> str:
-    """The file's sha256 with its ONNX external data (``<name>_data``, ``<name>.data``) if any;
-    remembered per (path, inode, size, mtime, ctime: a copy that keeps the mtime still gets a new
-    ctime) so that a second Embedder does not read it again."""
-    parts = [p for p in (path, path.with_name(path.name + "_data"), path.with_name(path.name + ".data")) if p.is_file()]
-    stamp = tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in (p.stat() for p in parts))
-    key = (str(path.resolve()), hash(stamp), len(parts))
+    """The sha256 of the file with its external data (``model_parts``); remembered per (path,
+    inode, size, mtime, ctime: a copy that keeps the mtime still gets a new ctime) so that a
+    second Embedder does not read it again."""
+    parts = model_parts(path)
+    key = (str(path.resolve()), tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                                      for st in (p.stat() for p in parts)))
     with _digests_lock:
         if key in _digests:
             return _digests[key]
