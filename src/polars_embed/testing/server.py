@@ -1,12 +1,21 @@
 """A local OpenAI-compatible ``/v1/embeddings`` server for tests, benchmarks and demos.
 
 Real HTTP (stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive), so the real ``openai``
-client is exercised end to end. It answers like the API does:
+client is exercised end to end. It answers like the API does
+(https://platform.openai.com/docs/api-reference/embeddings/create and
+https://platform.openai.com/docs/api-reference/models; the shapes are openai-openapi's, which
+``tests/test_test_server.py`` checks every answer against):
 
-* deterministic unit vectors per (model, dimensions, text) -- see :func:`server_vector`;
-* ``usage`` counted with the same tokenizer (cl100k_base);
-* the API's 400s: empty input, more than 2,048 inputs, an input over 8,192 tokens, a
-  request over 300,000 tokens; 401 without a key; 404 for an unknown model;
+* ``input`` as a string, an array of strings, an array of token ids (one input) or an array
+  of token arrays; deterministic unit vectors per (model, dimensions, input) -- see
+  :func:`server_vector`, which also tells which token arrays share their text's vector;
+* ``usage`` counted with the same tokenizer (cl100k_base; a token array counts its ids);
+* the API's 400s: a field the spec does not have, a field of the wrong type or value (in its
+  validator's words, ``'256' is not of type 'integer' - 'dimensions'``), empty input, a mix of
+  strings and token arrays, token ids outside the vocabulary, more than 2,048 inputs, an input
+  over 8,192 tokens, a request over 300,000 tokens; 401 without a key; 404 for an unknown
+  model; a bug in the server is a 500 in the API's shape, never a connection closed unanswered;
+* ``GET /v1/models`` and ``GET /v1/models/{id}`` (404 ``model_not_found``);
 * requests/min and tokens/min limits answered with 429 and ``retry-after``,
   ``retry-after-ms`` and ``x-ratelimit-*`` headers (also sent on every 200);
 * injectable faults (:class:`Faults`): 5xx, hangs, dropped connections, broken JSON, short,
@@ -29,6 +38,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -139,6 +149,7 @@ class EmbeddingServer:
         self.host, self.port = host, port
         self.api_key = api_key
         self.models = {**MODELS, **(models or {})}
+        self.created = int(time.time())  # GET /v1/models's "created" of the models given here
         self.time_scale = time_scale
         self.latency, self.latency_per_1k_tokens = latency, latency_per_1k_tokens
         self.max_inputs, self.max_request_tokens, self.max_input_tokens = max_inputs, max_request_tokens, max_input_tokens
@@ -253,43 +264,42 @@ class EmbeddingServer:
             return sum(r.status == status for r in self.log)
 
     # -- the API ---------------------------------------------------------------------------
+    # POST /v1/embeddings as https://platform.openai.com/docs/api-reference/embeddings/create
+    # documents it (openai-openapi's CreateEmbeddingRequest and CreateEmbeddingResponse).
     def _parse(self, body: bytes, auth: str | None) -> tuple[Any, ...]:
         """The request's checks, as the API makes them: an answer (status, headers, body, fault,
-        record) when it is refused, else ``(model, dimensions, texts, total tokens, request)``."""
+        record) when it is refused, else ``(model, dimensions, inputs, texts, total tokens,
+        request)``: ``inputs`` as embedded (strings and token arrays), ``texts`` their text."""
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
             return 401, {}, _error("Incorrect API key provided.", "invalid_api_key"), None, None
         if not auth or auth == "Bearer ":
             return 401, {}, _error("You didn't provide an API key.", "invalid_api_key"), None, None
         try:
+            return self._read(body)
+        except _Refused as no:
+            return no.status, {}, _error(no.message, no.code), None, None
+
+    def _read(self, body: bytes) -> tuple[Any, ...]:
+        try:
             req = json.loads(body)
-            model = req["model"]
-            inputs = req["input"]
-        except (ValueError, KeyError, TypeError):
-            return 400, {}, _error("We could not parse the JSON body of your request.", None), None, None
+        except (ValueError, RecursionError):
+            raise _Refused("We could not parse the JSON body of your request.") from None
+        if not isinstance(req, dict):
+            raise _Refused("We could not parse the JSON body of your request.")
+        _check_fields(req)
+        inputs = self._inputs(req["input"])
+        model = req["model"]
         if model not in self.models:
-            return 404, {}, _error(f"The model `{model}` does not exist or you do not have access to it.", "model_not_found"), None, None
+            raise _Refused(f"The model `{model}` does not exist or you do not have access to it.", "model_not_found", 404)
         full = self.models[model]
-        dim = req.get("dimensions")
-        if dim is None:
-            dim = full
-        elif model in MODELS and (model not in SHORTENABLE or not 1 <= dim <= full):
-            return 400, {}, _error(f"This model does not support specifying dimensions={dim}.", None), None, None
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs:
-            return 400, {}, _error("'$.input' is invalid. Please check the API reference.", None), None, None
-        if len(inputs) > self.max_inputs:
-            return 400, {}, _error(f"'$.input' is invalid: array must have at most {self.max_inputs} items.", None), None, None
-        texts: list[str] = []
-        for x in inputs:
-            if isinstance(x, list):
-                x = self._enc.decode(x)
-            if not isinstance(x, str) or x == "":
-                return 400, {}, _error("'$.input' is invalid: an input cannot be an empty string.", None), None, None
-            texts.append(x)
+        dim = int(req.get("dimensions", full))
+        if "dimensions" in req and model in MODELS and (model not in SHORTENABLE or not 1 <= dim <= full):
+            raise _Refused(f"This model does not support specifying dimensions={dim}.")
+        texts = [x if isinstance(x, str) else self._decode(x) for x in inputs]
         # one call per text in this handler thread: encode_ordinary_batch would add a future
-        # per text, a third of this server's CPU (the handler threads already run in parallel)
-        counts = [len(self._enc.encode_ordinary(t)) for t in texts]
+        # per text, a third of this server's CPU (the handler threads already run in parallel);
+        # a token array is billed as what it is, len(ids) tokens
+        counts = [len(self._enc.encode_ordinary(x)) if isinstance(x, str) else len(x) for x in inputs]
         total = sum(counts)
         longest = max(counts)
         if longest > self.max_input_tokens:
@@ -297,18 +307,44 @@ class EmbeddingServer:
                 f"This model's maximum context length is {self.max_input_tokens} tokens, however you "
                 f"requested {longest} tokens in your input. Please reduce your input."
             )
-            return 400, {}, _error(msg, None), None, None
+            raise _Refused(msg)
         if total > self.max_request_tokens:
-            msg = f"Requested {total} tokens, max {self.max_request_tokens} tokens per request"
-            return 400, {}, _error(msg, "max_tokens_per_request"), None, None
-        return model, dim, texts, total, req
+            raise _Refused(f"Requested {total} tokens, max {self.max_request_tokens} tokens per request", "max_tokens_per_request")
+        return model, dim, inputs, texts, total, req
+
+    def _inputs(self, raw: Any) -> list[str | list[int]]:
+        """``input`` as the spec's oneOf reads it: a string, an array of strings, an array of
+        integers (one input of tokens) or an array of arrays of integers; never a mix."""
+        if isinstance(raw, str):
+            return _nonempty([raw])
+        if not isinstance(raw, list) or not raw:
+            raise _Refused(_INVALID_INPUT)
+        if all(_is_int(t) for t in raw):
+            return [[int(t) for t in raw]]  # as long as max_input_tokens allows (the spec's maxItems 2048 is not applied)
+        if len(raw) > self.max_inputs:
+            raise _Refused(f"'$.input' is invalid: array must have at most {self.max_inputs} items.")
+        if all(isinstance(x, str) for x in raw):
+            return _nonempty(raw)
+        if all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in raw):
+            return [[int(t) for t in x] for x in raw]
+        raise _Refused(_INVALID_INPUT)
+
+    def _decode(self, ids: list[int]) -> str:
+        """A token array's text (a character cut in two reads U+FFFD); ids outside the
+        vocabulary are refused."""
+        if not all(0 <= t < self._enc.n_vocab for t in ids):
+            raise _Refused(_INVALID_INPUT)
+        try:
+            return str(self._enc.decode(ids))
+        except KeyError:  # a hole in the vocabulary (100256, 100261..100275)
+            raise _Refused(_INVALID_INPUT) from None
 
     def handle(self, body: bytes, auth: str | None) -> tuple[int, dict[str, str], bytes | None, str | None, Any]:
         """Answer one request: (status, headers, body or None to drop, fault, record)."""
         parsed = self._parse(body, auth)
         if isinstance(parsed[0], int):  # refused: the answer itself
             return parsed  # type: ignore[return-value]
-        model, dim, texts, total, req = parsed
+        model, dim, inputs, texts, total, req = parsed
         with self._lock:
             faults = self.faults
             if faults.refuse_all is not None:
@@ -335,7 +371,7 @@ class EmbeddingServer:
             return 200, {}, None, adm.outcome, processed
         roll = adm.roll
         vdim = dim - 1 if roll["wrong_dim"] else dim
-        vectors = server_vectors(model, dim, texts)[:, :vdim]
+        vectors = server_vectors(model, dim, inputs)[:, :vdim]
         for i, t in enumerate(texts):
             kind = next((k for needle, k in faults.bad_vectors.items() if needle in t), None)
             if kind is not None:
@@ -411,6 +447,18 @@ class Admission:
     roll: dict[str, bool]  # the faults that apply to the answer (bad_json, short, shuffle, wrong_dim)
 
 
+# What GET /v1/models says of OpenAI's embedding models (their "created" and "owned_by" as the
+# API lists them); a model given to the server is created when the server was.
+_CARDS = {"text-embedding-3-small": (1705948997, "system"), "text-embedding-3-large": (1705953180, "system"),
+          "text-embedding-ada-002": (1671217299, "openai-internal")}
+
+
+def _model_card(model: str, created: int) -> dict[str, Any]:
+    """openai-openapi's Model: https://platform.openai.com/docs/api-reference/models/object"""
+    when, owner = _CARDS.get(model, (created, "system"))
+    return {"id": model, "object": "model", "created": when, "owned_by": owner}
+
+
 def _quota(bucket: _Bucket) -> tuple[float, float, float]:
     """With a sped-up clock the limit is stated per real minute."""
     reset = (bucket.limit - bucket.level) * 60.0 / (bucket.limit * bucket.scale)
@@ -442,8 +490,59 @@ def _echo(how: str | None, auth: str | None) -> str:
     return ""
 
 
-def _error(message: str, code: str | None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
+def _error(message: str, code: str | None, *, param: str | None = None, kind: str = "invalid_request_error") -> bytes:
+    """OpenAI's error body (openai-openapi's ErrorResponse)."""
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+
+
+_INVALID_INPUT = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+# CreateEmbeddingRequest's fields (additionalProperties: false), with their JSON Schema types
+_FIELDS = {"input": None, "model": "string", "encoding_format": "string", "dimensions": "integer", "user": "string"}
+_ENCODINGS = ["float", "base64"]
+
+
+class _Refused(Exception):
+    """A request the API answers with an error: 400 unless told."""
+
+    def __init__(self, message: str, code: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.code, self.status = message, code, status
+
+
+def _check_fields(req: dict[str, Any]) -> None:
+    """The body's fields against the spec's schema, with the API's messages (its validator's
+    ``<jsonschema message> - '<field>'``); ``input`` is read by ``EmbeddingServer._inputs``."""
+    unknown = [name for name in req if name not in _FIELDS]
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        raise _Refused(f"Unrecognized request argument{plural} supplied: {', '.join(unknown)}")
+    if req.get("model") is None:
+        raise _Refused("you must provide a model parameter")
+    if "input" not in req:
+        raise _Refused("'input' is a required property")
+    for name, kind in _FIELDS.items():
+        value = req.get(name, ...)
+        if kind is None or value is ...:
+            continue
+        if not (_is_int(value) if kind == "integer" else isinstance(value, str)):
+            why = "is not valid under any of the given schemas" if name == "model" else f"is not of type '{kind}'"
+            raise _Refused(f"{value!r} {why} - '{name}'")  # the spec's model is an anyOf of two strings
+    if req.get("encoding_format", "float") not in _ENCODINGS:
+        raise _Refused(f"{req['encoding_format']!r} is not one of {_ENCODINGS} - 'encoding_format'")
+    if req.get("dimensions", 1) < 1:
+        raise _Refused(f"{req['dimensions']} is less than the minimum of 1 - 'dimensions'")
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON Schema integer: ``true`` is not one, ``256.0`` is (read as 256)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+
+
+def _nonempty(texts: list[str]) -> list[str | list[int]]:
+    if any(t == "" for t in texts):
+        raise _Refused("'$.input' is invalid: an input cannot be an empty string.")
+    inputs: list[str | list[int]] = [*texts]
+    return inputs
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -467,19 +566,45 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:
+        self._guarded(self._post)
+
+    def _guarded(self, answer: Any) -> None:
+        """Any error in the server's own code is a 500 in OpenAI's shape, not a connection
+        closed without an answer (its traceback still goes to stderr)."""
+        try:
+            answer()
+        except (BrokenPipeError, ConnectionResetError):
+            raise  # the client hung up: nobody to answer
+        except Exception:  # noqa: BLE001 - whatever it was, the client gets an answer
+            traceback.print_exc()
+            self.close_connection = True
+            message = "The server had an error while processing your request. Sorry about that!"
+            self._send(500, _error(message, None, kind="server_error"))
+
+    def _get(self) -> None:
         state = self.server_state
-        if self.path.rstrip("/") in ("/_admin/stats", "/v1/_admin/stats"):
+        path = self.path.partition("?")[0].rstrip("/")
+        if path in ("/_admin/stats", "/v1/_admin/stats"):
             self._send(200, json.dumps(state.summary()).encode())
-        elif self.path.rstrip("/") in ("/_admin/log", "/v1/_admin/log"):
+        elif path in ("/_admin/log", "/v1/_admin/log"):
             with state._lock:
                 rows = [asdict(r) for r in state.log]
             self._send(200, json.dumps(rows).encode())
         elif self.path.startswith(("/v1/files", "/v1/batches")):
             path, _, query = self.path.partition("?")
             self._batch_get(path.rstrip("/"), query)
-        elif self.path.rstrip("/") in ("/v1/models", "/models"):
-            data = [{"id": m, "object": "model"} for m in state.models]
+        elif path in ("/v1/models", "/models"):  # https://platform.openai.com/docs/api-reference/models/list
+            data = [_model_card(m, state.created) for m in state.models]
             self._send(200, json.dumps({"object": "list", "data": data}).encode())
+        elif path.startswith(("/v1/models/", "/models/")):  # https://platform.openai.com/docs/api-reference/models/retrieve
+            model = unquote(path.partition("/models/")[2])
+            if model in state.models:
+                self._send(200, json.dumps(_model_card(model, state.created)).encode())
+            else:
+                self._send(404, _error(f"The model '{model}' does not exist", "model_not_found", param="model"))
         else:
             self._send(404, _error("Not found", None))
 
@@ -509,7 +634,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, _error(f"Unknown path {self.path}", None))
 
-    def do_POST(self) -> None:
+    def _post(self) -> None:
         state = self.server_state
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length)
