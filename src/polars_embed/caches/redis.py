@@ -26,7 +26,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SharedCacheError
-from ..scale.redis_link import Linked, connect, redis_errors, unreachable, where
+from ..scale.redis_link import RETRY_SECONDS, Linked, connect, redis_errors, unreachable, where
 from .base import decode_value, encode_values
 
 if TYPE_CHECKING:
@@ -76,14 +76,17 @@ class RedisCache(Linked):
 
     Picklable as its settings (a Ray actor or a process opens its own connection).
     ``ttl_seconds`` expires entries (default: never; Redis's ``maxmemory-policy`` may evict).
+    ``retry_seconds``: how long a command is retried while Redis cannot be reached (a batch
+    job rides through a restart; the proxy, where a client waits, gives up at once).
     """
 
     def __init__(self, url: str, *, prefix: str = "polars-embed", alive_seconds: float = 5.0,
-                 claim_seconds: float = 3600.0, ttl_seconds: float | None = None) -> None:
-        self.url, self.prefix = url, prefix
+                 claim_seconds: float = 3600.0, ttl_seconds: float | None = None,
+                 retry_seconds: float = RETRY_SECONDS) -> None:
+        self.url, self.prefix, self.retry_seconds = url, prefix, retry_seconds
         self.alive_seconds, self.claim_seconds, self.ttl_seconds = alive_seconds, claim_seconds, ttl_seconds
         self._init_state()
-        self._client = connect(url)  # a URL redis-py cannot parse is refused now, not at the first request
+        self._client = connect(url, retry_seconds)  # a URL redis-py cannot parse is refused now, not at the first request
 
     def _init_state(self) -> None:
         self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # whose claims these are
@@ -114,7 +117,7 @@ class RedisCache(Linked):
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "prefix": self.prefix, "alive_seconds": self.alive_seconds,
-                "claim_seconds": self.claim_seconds, "ttl_seconds": self.ttl_seconds}
+                "claim_seconds": self.claim_seconds, "ttl_seconds": self.ttl_seconds, "retry_seconds": self.retry_seconds}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -42,8 +42,8 @@ def where(url: str) -> str:
         return url.partition("://")[0] + "://***"
 
 
-def connect(url: str) -> Any:
-    """A redis-py client for ``url`` that retries through a restart (``RETRY_SECONDS``)."""
+def connect(url: str, retry_seconds: float = RETRY_SECONDS) -> Any:
+    """A redis-py client for ``url`` that retries through a restart for about ``retry_seconds``."""
     try:
         import redis
         from redis.backoff import ExponentialBackoff
@@ -51,7 +51,7 @@ def connect(url: str) -> Any:
     except ImportError as exc:
         msg = f"{where(url)} needs redis-py: pip install 'polars-embed[redis]'"
         raise ConfigurationError(msg) from exc
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(RETRY_SECONDS) + 4)
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(retry_seconds) + 4 if retry_seconds >= 1 else 1)
     try:
         return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2, retry=retry,
                                     retry_on_error=[redis.ConnectionError, redis.TimeoutError],
@@ -78,6 +78,7 @@ class Linked:
     holds one pickles as its settings and opens its own connection where it lands."""
 
     url: str
+    retry_seconds: float = RETRY_SECONDS
     _client: Any
     _lock: threading.Lock
 
@@ -86,5 +87,5 @@ class Linked:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = connect(self.url)
+                    self._client = connect(self.url, self.retry_seconds)
         return self._client

@@ -99,7 +99,7 @@ def create_app(config: ProxyConfig) -> Starlette:
     async def models(request: Request) -> Response:
         try:
             proxy.authenticate(request.headers.get("authorization"))
-            status, body = await anyio.to_thread.run_sync(_upstream_models, proxy, limiter=limits["hits"])
+            status, body = await anyio.to_thread.run_sync(_models, proxy, limiter=limits["hits"])
         except OpenAIError as exc:
             return error(exc)
         return Response(body, status_code=status, media_type="application/json")
@@ -200,25 +200,21 @@ async def _read(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _upstream_models(proxy: Proxy) -> tuple[int, bytes]:
-    """``GET /v1/models`` of the upstream, with the proxy's key (its answer as it is)."""
-    import urllib.error
-    import urllib.request
-
-    base = (proxy.base_url or "https://api.openai.com/v1").rstrip("/")
-    request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {proxy.api_key or ''}"})
+def _models(proxy: Proxy) -> tuple[int, bytes]:
+    """``GET /v1/models``: the upstream's list (its answer as it is), with the provider-prefixed
+    models the proxy was started with (``--model``) added in the spec's shape."""
+    status, body = proxy.upstream.models()
+    if status != 200 or not proxy.config.models:
+        return status, body
     try:
-        with urllib.request.urlopen(request, timeout=proxy.config.timeout) as r:
-            status, text = r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        status, text = exc.code, exc.read()
-    except (OSError, ValueError) as exc:
-        raise OpenAIError(502, f"the upstream cannot be reached ({type(exc).__name__})", kind="upstream_error") from None
-    if status in (401, 403):
-        raise OpenAIError(502, "the upstream refused the proxy's credentials", kind="upstream_error")
-    if proxy.api_key:
-        text = text.replace(proxy.api_key.encode(), b"[upstream key]")
-    return status, text
+        listing = json.loads(body)
+        data = listing["data"]
+    except (ValueError, KeyError, TypeError):
+        return status, body
+    started = int(proxy.started)
+    data += [{"id": m, "object": "model", "created": started, "owned_by": m.partition(":")[0]}
+             for m in proxy.config.models if m not in {d.get("id") for d in data if isinstance(d, dict)}]
+    return status, json.dumps(listing).encode()
 
 
 def listen(host: str, port: int) -> socket.socket:

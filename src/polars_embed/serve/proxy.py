@@ -16,6 +16,7 @@ updated every few seconds (``Proxy.flush``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -25,9 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from ..errors import (
+    CacheError,
     ConfigurationError,
     LongInputError,
     PolarsEmbedError,
@@ -37,6 +40,9 @@ from ..errors import (
 from ..pipeline.run import Run
 from ..pipeline.runner import status_of
 from .keys import Keys
+from .routes import Upstream, family_of, make_routed, normal_dimensions, not_found
+from .slots import SHARE, SlotKey, Slots
+from .tokens import TokenArrays, ids_text
 from .wire import EmbeddingRequest, OpenAIError, bad_request, encode_vector
 
 if TYPE_CHECKING:
@@ -48,11 +54,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("polars_embed.proxy")
 
-#: Embedders (model x dimensions) one proxy keeps; more is a client trying every size.
-MAX_EMBEDDERS = 32
 #: A key's ledger record is a run of at most this many rows; then a new record starts.
 RUN_ROWS = 1_000_000
 ANONYMOUS = "anonymous"
+#: Seconds a shared cache's command is retried: a client is waiting, so a Redis that is away
+#: is a 503 at once (the client retries), not a request held for the library's 10 s.
+REDIS_RETRY_SECONDS = 0.5
 
 
 @dataclass
@@ -73,6 +80,9 @@ class ProxyConfig:
     dimensions: dict[str, int] = field(default_factory=dict)  # model -> native size, for models not in the table
     price_per_million: dict[str, float] = field(default_factory=dict)
     flush_seconds: float = 2.0
+    provider_urls: dict[str, str] = field(default_factory=dict)  # family -> base URL (e.g. a Cohere-compatible server)
+    provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> its provider_options
+    models: list[str] = field(default_factory=list)  # provider-prefixed models /v1/models lists beside the upstream's
 
 
 class _Timed:
@@ -108,7 +118,9 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig, metrics: Any | None = None) -> None:
         from ..caches import open_cache
+        from ..caches.redis import RedisCache
         from ..ledger import open_ledger
+        from ..scale.redis_link import is_redis_url
         from ..validate import check_number, check_settings
 
         check_settings(rpm=config.rpm, tpm=config.tpm, price_per_million=None, max_cost=None, max_attempts=8,
@@ -123,14 +135,16 @@ class Proxy:
             raise ConfigurationError(msg)
         self.config = config
         self.metrics = metrics
+        self.started = time.time()
         self.api_key = config.upstream_api_key or os.environ.get("OPENAI_API_KEY")
         self.base_url = config.upstream_base_url or os.environ.get("OPENAI_BASE_URL")
-        self.cache = open_cache(config.cache)
+        self.upstream = Upstream(self.base_url, self.api_key, config.timeout, config.dimensions)
+        self.cache = open_cache(config.cache if not is_redis_url(config.cache) else
+                                RedisCache(str(config.cache), retry_seconds=REDIS_RETRY_SECONDS))
         self.ledger: Ledger | None = open_ledger(config.ledger, self.cache)
         self._limiters: dict[str, Limiter] = {}  # a quota per model, as OpenAI's are
-        self._embedders: dict[tuple[str, int | None], Embedder] = {}
-        self._served: set[tuple[str, int | None]] = set()  # slots that answered a request
-        self._runs: dict[tuple[str, int | None, str], Run] = {}
+        self.slots = Slots(self._make, share=SHARE if config.keys is not None else None)
+        self._runs: dict[tuple[str, int | None, str], tuple[Run, dict[str, str]]] = {}
         self._dirty: set[tuple[str, int | None, str]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -151,88 +165,109 @@ class Proxy:
             raise OpenAIError(401, msg, code="invalid_api_key")
         return name
 
-    # -- embeddings ----------------------------------------------------------------------------
-    def embedder(self, model: str, dimensions: int | None) -> Embedder:
+    # -- embedders -----------------------------------------------------------------------------
+    def route(self, req: EmbeddingRequest) -> tuple[str, int | None, str]:
+        """The slot of a request, less its input kind: (model, dimensions, role). The role is
+        part of it only for a provider that has roles (OpenAI's vectors are the same)."""
+        role = req.input_type if family_of(req.model) else "document"
+        return req.model, normal_dimensions(req.model, req.dimensions), role
+
+    def _make(self, slot: SlotKey) -> Embedder:
         from ..embedder import Embedder
         from ..limiters import RateLimiter
-        from ..providers import OpenAIProvider
 
+        model, dimensions, role, kind = slot
+        cfg = self.config
+        provider: Any = make_routed(model, dimensions, role, upstream=self.upstream, timeout=cfg.timeout,
+                                    urls=cfg.provider_urls, options=cfg.provider_options)
+        if kind == "tokens":
+            if provider.name != "openai":
+                raise bad_request(f"{model} takes text: send strings, not token arrays", "input")
+            provider = TokenArrays(provider)
         with self._lock:
-            emb = self._embedders.get((model, dimensions))
-            if emb is not None:
-                return emb
-            if len(self._embedders) >= MAX_EMBEDDERS:
-                raise bad_request(f"this proxy serves at most {MAX_EMBEDDERS} model and dimensions pairs", "model")
-            if model.startswith("local:"):
-                raise bad_request("the proxy serves the upstream's models, not local ones", "model")
-            cfg = self.config
-            dims = dimensions if dimensions is not None else cfg.dimensions.get(model)
-            try:
-                provider = OpenAIProvider(model, dimensions=dims, base_url=self.base_url, api_key=self.api_key,
-                                          timeout=cfg.timeout, send_dimensions=dimensions is not None,
-                                          find_dimensions=False)  # a client's model name never costs a request
-            except ConfigurationError as exc:
-                raise bad_request(str(exc).replace("pass dimensions= with it", "send dimensions, or start the proxy "
-                                            "with --model-dimensions MODEL=N"), "model") from None
-            emb = Embedder(provider=_Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
-                           ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
-                           on_error="null", max_workers=cfg.max_workers, max_retry_seconds=cfg.max_retry_seconds,
-                           limiter=self._limiters.setdefault(model, RateLimiter(cfg.rpm, cfg.tpm)),
-                           price_per_million=cfg.price_per_million.get(model), source="serve")
-            self._embedders[(model, dimensions)] = emb
-            return emb
+            limiter = self._limiters.setdefault(model, RateLimiter(cfg.rpm, cfg.tpm))
+        return Embedder(provider=_Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
+                        ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
+                        on_error="null", max_workers=cfg.max_workers, max_retry_seconds=cfg.max_retry_seconds,
+                        limiter=limiter, price_per_million=cfg.price_per_million.get(model), source="serve")
 
-    def _run(self, req: EmbeddingRequest, key: str) -> Run:
+    def _run(self, base: tuple[str, int | None, str], emb: Embedder, key: str) -> Run:
         """The open ledger run of this key for this model (a new one after RUN_ROWS rows)."""
-        slot = (req.model, req.dimensions, key)
+        slot = (base[0], base[1], key)
         with self._lock:
-            run = self._runs.get(slot)
+            run = self._runs.get(slot, (None, {}))[0]
             if run is None or run.stats.rows >= RUN_ROWS:
                 if run is not None:
                     run.close("ok")
-                    self._dirty.add(slot)
-                    self._write(slot, run)
-                run = self._runs[slot] = Run(f"serve:{key}", open_ended=True)
+                    self._write(slot)
+                meta = {"provider": emb.provider.name, "model": emb.model, "dimensions": str(emb.dimensions)}
+                run = Run(f"serve:{key}", open_ended=True)
+                self._runs[slot] = (run, meta)
             self._dirty.add(slot)
             return run
 
+    # -- embeddings ----------------------------------------------------------------------------
     def all_cached(self, req: EmbeddingRequest) -> bool:
-        """Whether every input is in the cache (a quick look, to pick the thread pool)."""
-        if not all(isinstance(x, str) for x in req.inputs):
+        """Whether every input is in the cache (a quick look, to pick the thread pool): only
+        texts, of a model already in use; a failing cache is answered at once (503)."""
+        emb = self.slots.peek((*self.route(req), "text"))
+        if emb is None or not all(isinstance(x, str) and x.strip() for x in req.inputs):
             return False
-        try:
-            emb = self.embedder(req.model, req.dimensions)
-        except OpenAIError:
-            return True  # answered at once with the error
         keys = emb.keys(list(dict.fromkeys(req.inputs)))  # type: ignore[arg-type]
-        return all(v is not None for v in self.cache.get_many(keys))
+        try:
+            return all(v is not None for v in self.cache.get_many(keys))
+        except PolarsEmbedError as exc:
+            raise cache_down(exc) from None
 
     def embed(self, req: EmbeddingRequest, key: str = ANONYMOUS) -> tuple[dict[str, Any], dict[str, str]]:
         """The answer body and headers of one request, or an ``OpenAIError`` (which carries
         the cost header too: a request refused after part of it was paid says so)."""
-        emb = self.embedder(req.model, req.dimensions)
-        texts = [x if isinstance(x, str) else self._decode(emb, x, i) for i, x in enumerate(req.inputs)]
+        base = self.route(req)
         call = Run(f"serve:{key}")  # this request's figures; folded into the key's run below
-        try:
-            out = emb.embed(pl.Series("input", texts, dtype=pl.String), column="input", run=call)
-        except PolarsEmbedError as exc:
-            self._forget(req, emb)
-            error = self._error(emb, exc)
-            error.headers = self._account(emb, req, key, call, texts, hits=0)
+        failure: PolarsEmbedError | None = None
+        with self.slots.use((*base, "text"), key) as slot:
+            parts = split_inputs(slot.embedder, req.inputs)
+            outs: list[tuple[Embedder, list[int], list[str], pl.DataFrame]] = []
+            try:
+                for kind, (rows, texts) in parts.items():
+                    with contextlib.ExitStack() as stack:
+                        used = slot if kind == "text" else stack.enter_context(self.slots.use((*base, kind), key))
+                        out = used.embedder.embed(pl.Series("input", texts, dtype=pl.String), column="input", run=call)
+                        used.served = True
+                        outs.append((used.embedder, rows, texts, out))
+            except PolarsEmbedError as exc:
+                failure = exc
+            headers = self._account(base, slot.embedder, key, call, outs, served=failure is None)
+        if failure is not None:
+            self.slots.forget((*base, "text"), slot)
+            error = self._error(slot.embedder, failure)
+            error.headers = {**error.headers, **headers}
             raise error from None
-        self._served.add((req.model, req.dimensions))
-        hits = int(out["embedding_cache_hit"].sum())
-        headers = self._account(emb, req, key, call, texts, hits=hits)
-        errors = out["embedding_error"]
-        if errors.null_count() < len(errors):
-            i = int(errors.is_not_null().arg_max())  # type: ignore[arg-type]
-            others = len(errors) - errors.null_count() - 1
-            more = f" ({others} other inputs failed too; the rest are cached)" if others else ""
-            error = bad_request(f"'$.input[{i}]' was refused upstream: {self._scrub(emb, errors[i])}{more}", "input")
+        return self._answer(req, slot.embedder, outs, headers)
+
+    def _answer(self, req: EmbeddingRequest, emb: Embedder, outs: list[Any],
+                headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        n = len(req.inputs)
+        errors: list[str | None] = [None] * n
+        vectors = np.empty((n, emb.dimensions), dtype=np.float32)
+        hits = tokens = 0
+        for part, rows, _, out in outs:
+            vectors[rows] = out["embedding"].to_numpy()
+            for i, e in zip(rows, out["embedding_error"].to_list(), strict=True):
+                errors[i] = e if e is None else self._scrub(part, e)
+            hits += int(out["embedding_cache_hit"].sum())
+            tokens += int(out["embedding_tokens"].sum())
+        failed = [i for i, e in enumerate(errors) if e is not None]
+        if failed:
+            i = failed[0]
+            if len(failed) == n and len(set(errors)) == 1:  # the request as a whole: as the upstream said it
+                error = OpenAIError(400, str(errors[i]))
+            else:
+                others = len(failed) - 1
+                more = f" ({others} other inputs failed too; the rest are cached)" if others else ""
+                error = bad_request(f"'$.input[{i}]' was refused upstream: {errors[i]}{more}", "input")
             error.headers = headers
             raise error
-        tokens = int(out["embedding_tokens"].sum())
-        vectors = out["embedding"].to_numpy()
         body = {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}
@@ -240,42 +275,25 @@ class Proxy:
             "model": req.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        state = "HIT" if hits == len(texts) else "MISS" if hits == 0 else "PARTIAL"
+        state = "HIT" if hits == n else "MISS" if hits == 0 else "PARTIAL"
         return body, {"x-polars-embed-cache": state, "x-polars-embed-cache-hits": str(hits), **headers}
 
-    def _account(self, emb: Embedder, req: EmbeddingRequest, key: str, call: Run, texts: list[str], *,
-                 hits: int) -> dict[str, str]:
-        """Fold one request's figures into its key's run and the metrics; its cost header."""
+    def _account(self, base: tuple[str, int | None, str], emb: Embedder, key: str, call: Run,
+                 outs: list[Any], *, served: bool) -> dict[str, str]:
+        """Fold one request's figures into its key's run and the metrics (inputs counted
+        only when the request was served); its cost header."""
         figures = call.stats.copy()
-        self._run(req, key).add(figures, emb.keys(list(dict.fromkeys(texts))), [])
+        keys = [k for part, _, texts, _ in outs for k in part.keys(list(dict.fromkeys(texts)))]
+        self._run(base, emb, key).add(figures, keys, [])
         if self.metrics is not None:
             m = self.metrics
-            m.inputs.labels(key, "hit").inc(hits)
-            m.inputs.labels(key, "miss").inc(len(texts) - hits)
+            if served:
+                hits = sum(int(out["embedding_cache_hit"].sum()) for *_, out in outs)
+                m.inputs.labels(key, "hit").inc(hits)
+                m.inputs.labels(key, "miss").inc(sum(len(rows) for _, rows, _, _ in outs) - hits)
             m.cost.labels(key).inc(figures.cost_usd)
             m.tokens.labels(key).inc(figures.tokens_billed)
         return {"x-polars-embed-cost-usd": repr(figures.cost_usd)}
-
-    def _forget(self, req: EmbeddingRequest, emb: Embedder) -> None:
-        """A model and size that never worked does not keep its slot (a client trying
-        names or sizes the upstream refuses would fill them all)."""
-        slot = (req.model, req.dimensions)
-        with self._lock:
-            if slot not in self._served and self._embedders.get(slot) is emb:
-                del self._embedders[slot]  # not closed: a request of it may still be in flight
-
-    def _decode(self, emb: Embedder, ids: list[int], i: int) -> str:
-        """A token array as the text it encodes, when that text encodes back to the same tokens
-        (then the upstream embeds the same tokens and the cache entry is the text's)."""
-        tokenizer = emb.provider.tokenizer()
-        try:
-            text = tokenizer.decode(ids)  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - ids outside the vocabulary
-            raise bad_request(f"'$.input[{i}]' is invalid: token ids outside the model's vocabulary.", "input") from None
-        if not text.strip() or tokenizer.encode_batch([text])[0] != ids:
-            raise bad_request(f"'$.input[{i}]' is invalid here: these tokens are not the encoding of a text (split in the "
-                       "middle of a character?); send the text instead.", "input")
-        return text
 
     def _error(self, emb: Embedder, exc: PolarsEmbedError) -> OpenAIError:
         message = self._scrub(emb, str(exc).splitlines()[0])
@@ -294,10 +312,13 @@ class Proxy:
             if code in (401, 403):  # the proxy's credentials, not the client's
                 return OpenAIError(502, "the upstream refused the proxy's credentials", kind="upstream_error")
             if code == 404:
-                return OpenAIError(404, message, code="model_not_found")
+                return not_found(emb.model) if family_of(emb.model) == "" else OpenAIError(404, message,
+                                                                                           code="model_not_found")
             if code == 429:
                 return OpenAIError(429, f"the upstream's rate limit: {message}", kind="rate_limit_exceeded")
             return OpenAIError(502, f"the upstream failed: {message}", kind="upstream_error")
+        if isinstance(exc, CacheError):
+            return cache_down(exc)
         if isinstance(exc, ConfigurationError):
             return OpenAIError(400, message)
         return OpenAIError(503, message, kind="server_error")
@@ -310,20 +331,19 @@ class Proxy:
         return text.replace(self.api_key, "[upstream key]") if self.api_key else text
 
     # -- ledger --------------------------------------------------------------------------------
-    def _write(self, slot: tuple[str, int | None, str], run: Run) -> None:
-        emb = self._embedders.get(slot[:2])
-        if self.ledger is None or emb is None:
-            return
-        meta = {"provider": emb.provider.name, "model": emb.model, "dimensions": str(emb.dimensions)}
-        self.ledger.record(run, meta)
+    def _write(self, slot: tuple[str, int | None, str]) -> None:
+        entry = self._runs.get(slot)
+        if self.ledger is not None and entry is not None:
+            self.ledger.record(*entry)
 
     def flush(self) -> None:
-        """Write the records of the keys that were used since the last flush."""
+        """Write the records of the keys that were used since the last flush; give back the
+        embedders idle for long."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            runs = [(slot, self._runs[slot]) for slot in dirty if slot in self._runs]
-        for slot, run in runs:
-            self._write(slot, run)
+        for slot in dirty:
+            self._write(slot)
+        self.slots.sweep()
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.flush_seconds):
@@ -333,10 +353,44 @@ class Proxy:
         """Close every key's run (written with its final figures), the clients and the cache."""
         self._stop.set()
         with self._lock:
-            for slot, run in self._runs.items():
+            for slot, (run, _) in self._runs.items():
                 run.close("ok")
                 self._dirty.add(slot)
         self.flush()
-        for emb in list(self._embedders.values()):
-            emb.runner.close()
+        self.slots.close()
         self.cache.close()
+
+
+def cache_down(exc: PolarsEmbedError) -> OpenAIError:
+    """A shared cache that fails: 503 at once, in OpenAI's shape (the cause goes to the log)."""
+    log.warning("the cache failed: %s", str(exc).splitlines()[0])
+    error = OpenAIError(503, "The proxy's cache is unavailable; try again shortly.", kind="server_error")
+    error.headers = {"retry-after": "5"}
+    return error
+
+
+def split_inputs(emb: Embedder, inputs: list[str | list[int]]) -> dict[str, tuple[list[int], list[str]]]:
+    """A request's inputs by how they are embedded: ``"text"`` (strings, and token arrays that
+    are exactly the encoding of a text: the upstream sees the same tokens) and ``"tokens"``
+    (any other token array, and a blank string as its tokens; see ``tokens.py``)."""
+    tokenizer = emb.provider.tokenizer()
+    takes_tokens = emb.provider.name == "openai"
+    parts: dict[str, tuple[list[int], list[str]]] = {}
+    for i, x in enumerate(inputs):
+        if not takes_tokens and not (isinstance(x, str) and x.strip()):
+            what = "token arrays" if not isinstance(x, str) else "an input of only whitespace"
+            raise bad_request(f"'$.input[{i}]' is invalid: {emb.model} takes text, not {what}.", "input")
+        if isinstance(x, str):
+            kind, text = ("text", x) if x.strip() else ("tokens", ids_text(tokenizer.encode_batch([x])[0]))
+        else:
+            kind, text = "tokens", ids_text(x)
+            try:
+                decoded = tokenizer.decode(x)
+                if decoded.strip() and tokenizer.encode_batch([decoded])[0] == x:
+                    kind, text = "text", decoded
+            except Exception:  # noqa: BLE001, S110 - ids outside the vocabulary: the upstream answers them
+                pass
+        rows, texts = parts.setdefault(kind, ([], []))
+        rows.append(i)
+        texts.append(text)
+    return parts

@@ -80,8 +80,8 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         raise bad_request(f"'$.input' is invalid: array must have at most {MAX_INPUTS} items, got {len(raw)}.", "input")
     for i, x in enumerate(raw):
         if isinstance(x, str):
-            if not x.strip():
-                raise bad_request(f"'$.input[{i}]' is invalid: an input cannot be empty or only whitespace.", "input")
+            if not x:
+                raise bad_request(f"'$.input[{i}]' is invalid: an input cannot be an empty string.", "input")
             if not _encodable(x):
                 raise bad_request(f"'$.input[{i}]' is invalid: not valid Unicode (a lone surrogate).", "input")
         elif not (isinstance(x, list) and x and all(_is_token(t) for t in x)):

@@ -1,0 +1,76 @@
+"""Token arrays that are not the encoding of a text, embedded as token arrays.
+
+OpenAI's ``input`` may be any arrays of integers, and clients send them: LangChain cuts long
+documents into 8,191-token pieces, often inside a multi-byte character, and sends a blank
+document as ``[220]``. A token array that is exactly tiktoken's encoding of a text is that
+text (the upstream sees the same tokens either way) and shares the text's cache entry. Any
+other array goes upstream as it came, through the same ``Embedder`` machinery (packing by
+its length in tokens, the limiter, in-flight dedupe, retries, cost), with this provider:
+
+* a "text" here is the array written as decimal ids separated by spaces, and the tokenizer
+  reads it back, so the count is the array's length, which is what the upstream bills;
+* its identity is the upstream's with the parameter ``input=token ids``, so its keys are
+  a key space of their own: a token array can never be served a text's vector, nor a text
+  an array's, whatever the two strings hold.
+
+https://platform.openai.com/docs/api-reference/embeddings/create (``input``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..identity import VectorIdentity
+    from ..providers.base import BatchResult, Provider
+
+
+def ids_text(ids: Sequence[int]) -> str:
+    """A token array as the "text" this provider reads back."""
+    return " ".join(map(str, ids))
+
+
+class IdsTokenizer:
+    """Token ids written as text, read back: the count of an array is its length."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[int(t) for t in text.split()] for text in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:  # a truncated or chunked array, as text again
+        return ids_text(ids)
+
+
+class TokenArrays:
+    """The upstream provider, sent token arrays instead of texts (see the module's note)."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.name, self.model, self.dimensions = inner.name, inner.model, inner.dimensions
+        self.limits, self.waits_on_network = inner.limits, inner.waits_on_network
+        self.input_type = getattr(inner, "input_type", "document")
+        self.endpoint = getattr(inner, "endpoint", None)
+        self.price_model = getattr(inner, "price_model", inner.model)
+        self._tokenizer = IdsTokenizer()
+
+    def tokenizer(self) -> IdsTokenizer:
+        return self._tokenizer
+
+    def identity(self, policy: str) -> VectorIdentity:
+        identity = self.inner.identity(policy)
+        return dataclasses.replace(identity, params=(*identity.params, ("input", "token ids")))
+
+    def redact(self, text: str) -> str:
+        redact = getattr(self.inner, "redact", None)
+        return redact(text) if callable(redact) else text
+
+    def prepare(self) -> None:
+        prepare = getattr(self.inner, "prepare", None)
+        if callable(prepare):
+            prepare()
+
+    def embed(self, texts: list[str]) -> BatchResult:
+        arrays: Any = self._tokenizer.encode_batch(texts)  # the wire takes arrays of ids where texts go
+        return self.inner.embed(arrays)
