@@ -7,6 +7,7 @@ OpenAI's shape and status; a bad request is a 4xx, never a 500.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -25,8 +26,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("polars_embed.serve")
 
-#: Largest request body read (2,048 inputs of 8,191 tokens as token arrays fit).
-MAX_BODY = 200 * 2**20
+#: Largest request body read. OpenAI takes at most 300,000 tokens a request: as token arrays
+#: about 2 MiB of JSON, as text (escaped) rarely more than 8 MiB. A body of 32 MiB parses
+#: into many times its size (a Python object per token id), and ``LARGE_BODIES`` are answered
+#: at once: the worst case is about 2 GB, wherever the proxy runs.
+MAX_BODY = 32 * 2**20
+#: Seconds a request's body may take to arrive, plus one per MiB (``body_seconds``).
+BODY_SECONDS = 10.0
+#: Bytes of bodies read at once (slow senders hold no more than this between them).
+READING = 256 * 2**20
 
 
 class Metrics:
@@ -57,14 +65,14 @@ class Metrics:
 #: Worker threads for requests that are all cache hits, and for those that go upstream: a
 #: crowd of slow misses never makes a hit wait for a thread.
 HIT_THREADS, MISS_THREADS = 16, 64
-#: Request bodies over 1 MiB read and parsed at once (each may take ~10x its size in memory).
+#: Requests of a body over 1 MiB parsed and answered at once: each takes up to 16 times its
+#: body in memory (12x measured for token arrays, tests/test_serve_hostile.py), so at most
+#: about 2 GB between them at ``MAX_BODY``.
 LARGE_BODIES = 4
 
 
 def create_app(config: ProxyConfig) -> Starlette:
     """The ASGI app; the proxy is closed (every key's ledger record written) at shutdown."""
-    import contextlib
-
     import anyio
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -80,10 +88,14 @@ def create_app(config: ProxyConfig) -> Starlette:
         started, key, cache = time.perf_counter(), ANONYMOUS, "none"
         try:
             key = proxy.authenticate(request.headers.get("authorization"))
-            req = await _parse(request, limits["bodies"])
-            hit = await anyio.to_thread.run_sync(proxy.all_cached, req, limiter=limits["hits"])
-            payload, headers = await anyio.to_thread.run_sync(proxy.embed, req, key,
-                                                              limiter=limits["hits" if hit else "misses"])
+            body = await _read(request, limits["reading"])
+            large = len(body) > 2**20
+            async with limits["bodies"] if large else contextlib.nullcontext():  # a large one, whole, a few at once
+                req = await anyio.to_thread.run_sync(parse_request, body) if large else parse_request(body)
+                del body
+                hit = await anyio.to_thread.run_sync(proxy.all_cached, req, limiter=limits["hits"])
+                payload, headers = await anyio.to_thread.run_sync(proxy.embed, req, key,
+                                                                  limiter=limits["hits" if hit else "misses"])
             cache = headers["x-polars-embed-cache"].lower()
             response: Response = Response(json.dumps(payload), media_type="application/json", headers=headers)
         except OpenAIError as exc:
@@ -120,7 +132,7 @@ def create_app(config: ProxyConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         limits.update(hits=anyio.CapacityLimiter(HIT_THREADS), misses=anyio.CapacityLimiter(MISS_THREADS),
-                      bodies=anyio.Semaphore(LARGE_BODIES))
+                      bodies=anyio.Semaphore(LARGE_BODIES), reading=Reading())
         try:
             yield
         finally:
@@ -175,28 +187,48 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(OpenAIError(status, f"{request.method} {request.url.path}: {detail}"))
 
 
-async def _parse(request: Request, large: Any) -> Any:
-    """Read and parse the body off the event loop; bodies over 1 MiB a few at a time."""
+def body_seconds(length: int | None) -> float:
+    """How long a body may take to arrive: ``BODY_SECONDS``, plus a second per MiB it announces."""
+    return BODY_SECONDS + (length or MAX_BODY) / 2**20
+
+
+class Reading:
+    """Bytes of request bodies being read at once (a body counts what it announces, or
+    ``MAX_BODY`` when it does not say): over ``READING``, a new body is a 503 at once."""
+
+    def __init__(self, limit: int = READING) -> None:
+        self.limit, self.held = limit, 0
+
+    @contextlib.contextmanager
+    def hold(self, size: int) -> Any:
+        if self.held + size > self.limit:
+            raise OpenAIError(503, "the proxy is reading too many large requests at once; try again shortly",
+                              kind="server_error")
+        self.held += size  # the event loop's thread only: no lock
+        try:
+            yield
+        finally:
+            self.held -= size
+
+
+async def _read(request: Request, reading: Reading) -> bytes:
+    """The body, within its deadline (``body_seconds``) and the limits on its size."""
     import anyio
 
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) <= 2**20:
-        return parse_request(await _read(request))
-    async with large:
-        body = await _read(request)
-        return await anyio.to_thread.run_sync(parse_request, body)
-
-
-async def _read(request: Request) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+    announced = int(length) if length is not None and length.isdigit() else None
+    if announced is not None and announced > MAX_BODY:
         raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
+    with reading.hold(MAX_BODY if announced is None else announced), \
+            anyio.move_on_after(body_seconds(announced)) as deadline:
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY or (announced is not None and size > announced):
+                raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
+    if deadline.cancelled_caught:
+        raise OpenAIError(408, f"the request body did not arrive within {body_seconds(announced):.0f} s")
     return b"".join(chunks)
 
 

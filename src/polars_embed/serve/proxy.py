@@ -227,6 +227,8 @@ class Proxy:
         failure: PolarsEmbedError | None = None
         with self.slots.use((*base, "text"), key) as slot:
             parts = split_inputs(slot.embedder, req.inputs)
+            n = len(req.inputs)
+            req.inputs.clear()  # a token array is a Python int per id: held as text from here on
             outs: list[tuple[Embedder, list[int], list[str], pl.DataFrame]] = []
             try:
                 for kind, (rows, texts) in parts.items():
@@ -243,11 +245,10 @@ class Proxy:
             error = self._error(slot.embedder, failure)
             error.headers = {**error.headers, **headers}
             raise error from None
-        return self._answer(req, slot.embedder, outs, headers)
+        return self._answer(req, n, slot.embedder, outs, headers)
 
-    def _answer(self, req: EmbeddingRequest, emb: Embedder, outs: list[Any],
+    def _answer(self, req: EmbeddingRequest, n: int, emb: Embedder, outs: list[Any],
                 headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-        n = len(req.inputs)
         errors: list[str | None] = [None] * n
         vectors = np.empty((n, emb.dimensions), dtype=np.float32)
         hits = tokens = 0

@@ -19,6 +19,7 @@ https://platform.openai.com/docs/api-reference/embeddings/create (``input``)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence as SequenceABC
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,11 +34,26 @@ def ids_text(ids: Sequence[int]) -> str:
     return " ".join(map(str, ids))
 
 
+class Ids(SequenceABC[int]):
+    """A token array held as its text: the pipeline asks an encoding for its length (what a
+    request is packed and billed by) and, for an array over the limit, a slice. Its length
+    is counted, not parsed, so a request of millions of ids holds no Python int per id."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __len__(self) -> int:
+        return self.text.count(" ") + 1
+
+    def __getitem__(self, index: Any) -> Any:
+        return [int(t) for t in self.text.split()][index]
+
+
 class IdsTokenizer:
     """Token ids written as text, read back: the count of an array is its length."""
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [[int(t) for t in text.split()] for text in texts]
+    def encode_batch(self, texts: Sequence[str]) -> list[Ids]:  # type: ignore[override]
+        return [Ids(text) for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:  # a truncated or chunked array, as text again
         return ids_text(ids)
@@ -72,5 +88,5 @@ class TokenArrays:
             prepare()
 
     def embed(self, texts: list[str]) -> BatchResult:
-        arrays: Any = self._tokenizer.encode_batch(texts)  # the wire takes arrays of ids where texts go
+        arrays: Any = [[int(t) for t in text.split()] for text in texts]  # the wire takes arrays where texts go
         return self.inner.embed(arrays)
