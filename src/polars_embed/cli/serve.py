@@ -45,6 +45,12 @@ def add_parser(sub: Any) -> None:
                        help="native output size of an upstream model not in the table (repeatable)")
     serve.add_argument("--price", type=_pair(float), action="append", default=[], metavar="MODEL=USD_PER_1M",
                        help="price per 1M tokens of a model (repeatable; default: the price table)")
+    serve.add_argument("--provider-url", type=_pair(str), action="append", default=[], metavar="FAMILY=URL",
+                       help="where a provider family's models go (default: its own API; e.g. cohere=https://...); its key is read from its "
+                       "usual variable (CO_API_KEY, VOYAGE_API_KEY, ...). Requests name them with a prefix: "
+                       "model='cohere:embed-v4.0' (repeatable)")
+    serve.add_argument("--model", action="append", default=[], metavar="FAMILY:MODEL", dest="models",
+                       help="a provider model GET /v1/models lists beside the upstream's (repeatable)")
     serve.add_argument("--workers", type=int, default=16, help="concurrent upstream requests (default: 16)")
     serve.add_argument("--rpm", type=float, default=None, help="stay under this many upstream requests per minute")
     serve.add_argument("--tpm", type=float, default=None, help="stay under this many upstream tokens per minute")
@@ -83,11 +89,18 @@ def command(args: argparse.Namespace) -> int:
     upstream_key = os.environ.get(args.upstream_key_env)
     if not upstream_key:
         raise ConfigurationError(f"no upstream key: set {args.upstream_key_env}")
+    from ..providers import FAMILIES
     from ..serve.app import serve
+
+    for family in [f for f, _ in args.provider_url] + [m.partition(":")[0] for m in args.models]:
+        if family not in FAMILIES:
+            raise ConfigurationError(f"--provider-url and --model name a provider family ({', '.join(FAMILIES)}), "
+                                     f"got {family!r}")
 
     config = ProxyConfig(upstream_base_url=args.upstream_base_url, upstream_api_key=upstream_key, cache=args.cache,
                          keys=keys, on_long_input=args.on_long_input, rpm=args.rpm, tpm=args.tpm,
-                         max_workers=args.workers, dimensions=dict(args.model_dimensions), price_per_million=dict(args.price))
+                         max_workers=args.workers, dimensions=dict(args.model_dimensions), price_per_million=dict(args.price),
+                         provider_urls=dict(args.provider_url), models=args.models)
     who = f"{len(keys.hashes)} proxy keys from {args.keys}" if keys else "any client (no --keys)"
     log.info(f"serving http://{args.host}:{args.port}/v1 for {who}; misses go to "
              f"{without_credentials(args.upstream_base_url or os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1')}")
