@@ -375,7 +375,7 @@ class Embedder(Figures):
                 c.from_cache[fetched[found]] = True
                 fetched = fetched[~found]
             c.stats.misses += len(fetched)
-            kind, extra = (BatchFetch, self.batch.options(self.cache, c.run)) if self.batch else (Fetch, {})
+            kind, extra = (BatchFetch, self.batch.options(self.cache, c.run)) if self.batch else (Fetch, {"budget": c.run.budget})
             fetch = kind(self.stage, c.cache, c.plan.texts, c.keys, fetched, c.res, c.stats,  # type: ignore[operator]
                          describe=lambda i: Failure(c.row(i), c.plan.texts[i], "").where(c.column),
                          on_stored=stored, stop=c.run.stopping, **extra)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from .common import EXIT_OK, add_common, log, without_credentials
+
+if TYPE_CHECKING:
+    from ..serve.accounts import KeyLimits
 
 
 def _pair(kind: type) -> Any:
@@ -38,6 +41,16 @@ def add_parser(sub: Any) -> None:
                        help="proxy keys file (hashed); clients must present one of its keys. Without it, any client is served")
     serve.add_argument("--new-key", default=None, metavar="NAME",
                        help="add a key named NAME to --keys, print it once and exit")
+    limits = serve.add_argument_group("a key's limits (with --new-key NAME, or --set-limits NAME for an existing key)")
+    limits.add_argument("--set-limits", default=None, metavar="NAME", help="replace the limits of key NAME and exit")
+    limits.add_argument("--budget-day", type=float, default=None, metavar="USD", help="dollars the key may spend a UTC day")
+    limits.add_argument("--budget-month", type=float, default=None, metavar="USD",
+                        help="dollars the key may spend a UTC month")
+    limits.add_argument("--key-rpm", type=float, default=None, metavar="N", help="requests per minute the key may send")
+    limits.add_argument("--key-tpm", type=float, default=None, metavar="N",
+                        help="tokens per minute the key may have sent upstream")
+    limits.add_argument("--key-concurrency", type=int, default=None, metavar="N",
+                        help="requests of the key answered at once (its share of the proxy)")
     serve.add_argument("--allow-open", action="store_true", help="serve without --keys on an address other than loopback")
     serve.add_argument("--on-long-input", choices=["error", "truncate"], default="error",
                        help="an input over the model's token limit: 400 as OpenAI answers (default), or truncate it")
@@ -51,6 +64,9 @@ def add_parser(sub: Any) -> None:
                        "model='cohere:embed-v4.0' (repeatable)")
     serve.add_argument("--model", action="append", default=[], metavar="FAMILY:MODEL", dest="models",
                        help="a provider model GET /v1/models lists beside the upstream's (repeatable)")
+    serve.add_argument("--limiter", default=None, metavar="REDIS_URL",
+                       help="keep the upstream quota, the keys' limits and their spending in this Redis: proxy "
+                       "processes that name it (and --cache redis://...) act as one")
     serve.add_argument("--workers", type=int, default=16, help="concurrent upstream requests (default: 16)")
     serve.add_argument("--rpm", type=float, default=None, help="stay under this many upstream requests per minute")
     serve.add_argument("--tpm", type=float, default=None, help="stay under this many upstream tokens per minute")
@@ -70,16 +86,24 @@ def command(args: argparse.Namespace) -> int:
                                  "pip install 'polars-embed[serve]' (in a clone: pip install -e '.[serve]')") from None
 
     keys = Keys(args.keys) if args.keys else None
-    if args.new_key is not None:
+    limits = key_limits(args)
+    if args.new_key is not None or args.set_limits is not None:
         if keys is None:
-            raise ConfigurationError("--new-key needs --keys FILE, the file to add it to")
+            raise ConfigurationError(f"{'--new-key' if args.new_key else '--set-limits'} needs --keys FILE, the file it edits")
+        if args.set_limits is not None:
+            keys.set_limits(args.set_limits, limits)
+            print(f"proxy key {args.set_limits!r}: {limits.to_dict() or 'no limits'}")
+            return EXIT_OK
         if args.new_key in keys.hashes:
             raise ConfigurationError(f"{args.keys} already has a key named {args.new_key!r}; pick another name "
-                                     "(or delete its line from the file to replace it)")
-        key = keys.add(args.new_key)
+                                     "(or change its limits with --set-limits)")
+        key = keys.add(args.new_key, limits)
         print(f"new proxy key {args.new_key!r} (shown once, only its hash is kept in {args.keys}):")
         print(key)
         return EXIT_OK
+    if limits.to_dict():
+        raise ConfigurationError("--budget-day, --budget-month, --key-rpm, --key-tpm and --key-concurrency go with "
+                                 "--new-key NAME or --set-limits NAME")
     if keys is not None and not keys.hashes:
         raise ConfigurationError(f"{args.keys} holds no proxy key (missing or empty): add one with --new-key NAME")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
@@ -100,9 +124,22 @@ def command(args: argparse.Namespace) -> int:
     config = ProxyConfig(upstream_base_url=args.upstream_base_url, upstream_api_key=upstream_key, cache=args.cache,
                          keys=keys, on_long_input=args.on_long_input, rpm=args.rpm, tpm=args.tpm,
                          max_workers=args.workers, dimensions=dict(args.model_dimensions), price_per_million=dict(args.price),
-                         provider_urls=dict(args.provider_url), models=args.models)
+                         provider_urls=dict(args.provider_url), models=args.models, limiter=args.limiter)
     who = f"{len(keys.hashes)} proxy keys from {args.keys}" if keys else "any client (no --keys)"
     log.info(f"serving http://{args.host}:{args.port}/v1 for {who}; misses go to "
              f"{without_credentials(args.upstream_base_url or os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1')}")
     serve(config, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
     return EXIT_OK
+
+
+def key_limits(args: argparse.Namespace) -> KeyLimits:
+    """The limits the flags give (each checked: one sentence naming the flag)."""
+    from ..serve.accounts import KeyLimits
+
+    given = {"usd_per_day": ("--budget-day", args.budget_day), "usd_per_month": ("--budget-month", args.budget_month),
+             "rpm": ("--key-rpm", args.key_rpm), "tpm": ("--key-tpm", args.key_tpm),
+             "concurrency": ("--key-concurrency", args.key_concurrency)}
+    for flag, value in given.values():
+        if value is not None and not value > 0:
+            raise ConfigurationError(f"{flag} must be a positive number, got {value:g}")
+    return KeyLimits(**{name: value for name, (_, value) in given.items()})

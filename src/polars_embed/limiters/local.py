@@ -123,28 +123,34 @@ class RateLimiter:
                 self._refill(self._clock())
                 self._tok = min(float(self.tpm), self._tok + reserved - billed)
 
+    def try_reserve(self, tokens: int) -> float:
+        """Take one request of ``tokens`` if the quota has room now (returns 0), else take
+        nothing and return the seconds until it would have room (the proxy's 429 says it)."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            wait = self._paused_until - now
+            if wait > 0:
+                return wait
+            need_tok = min(float(tokens), float(self.tpm)) if self.tpm else 0.0
+            short_req = 1.0 - self._req if self.rpm else 0.0
+            short_tok = need_tok - self._tok if self.tpm else 0.0
+            if short_req <= 0 and short_tok <= 0:
+                if self.rpm:
+                    self._req -= 1
+                if self.tpm:
+                    self._tok -= tokens
+                return 0.0
+            return max(short_req * 60.0 / self.rpm if self.rpm else 0.0,
+                       short_tok * 60.0 / self.tpm if self.tpm else 0.0)
+
     def acquire(self, tokens: int) -> float:
         """Block until one request of ``tokens`` may go; returns the seconds waited."""
         waited = 0.0
         while True:
-            with self._lock:
-                now = self._clock()
-                self._refill(now)
-                wait = self._paused_until - now
-                if wait <= 0:
-                    need_tok = min(float(tokens), float(self.tpm)) if self.tpm else 0.0
-                    short_req = 1.0 - self._req if self.rpm else 0.0
-                    short_tok = need_tok - self._tok if self.tpm else 0.0
-                    if short_req <= 0 and short_tok <= 0:
-                        if self.rpm:
-                            self._req -= 1
-                        if self.tpm:
-                            self._tok -= tokens
-                        return waited
-                    wait = max(
-                        short_req * 60.0 / self.rpm if self.rpm else 0.0,
-                        short_tok * 60.0 / self.tpm if self.tpm else 0.0,
-                    )
+            wait = self.try_reserve(tokens)
+            if wait <= 0:
+                return waited
             wait = max(wait, 0.001)
             self._sleep(wait)
             waited += wait

@@ -151,11 +151,16 @@ class RedisLimiter(Linked):
     def knows_quota(self) -> bool:
         return self._observed or any(self.configured)
 
+    def try_reserve(self, tokens: int) -> float:
+        """Take one request of ``tokens`` if the quota has room now (returns 0), else take
+        nothing and return the seconds until it would have room."""
+        return self._run("reserve", tokens, doing="reserving a request")
+
     def acquire(self, tokens: int) -> float:
         """Block until the cluster's quota lets one request of ``tokens`` go; returns the seconds waited."""
         waited = 0.0
         while True:
-            wait = self._run("reserve", tokens, doing="reserving a request")
+            wait = self.try_reserve(tokens)
             if wait <= 0:
                 return waited
             wait = max(wait, 0.002)

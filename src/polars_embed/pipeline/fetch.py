@@ -1,11 +1,11 @@
 """The fetch stage: one object per call embeds the texts the cache did not have.
 
-``Fetch.run()`` tokenizes the texts, packs them into requests (``pack.schedule``, with
-the request sizes of ``pack.Sizing``), sends each from the embedder's pool under its limiter
-and retries (``Runner``), and folds every answer into the call's ``Results``; each finished
-request is written to the cache at once, so a crash or Ctrl-C loses at most the requests in
-flight. A request refused because of one of its inputs (400/422) is bisected down to the
-offending rows (``Fetch.bisect``).
+``Fetch.run()`` tokenizes the texts, packs them into requests (``pack.schedule``, with the
+request sizes of ``pack.Sizing``), sends each from the embedder's pool under its limiter,
+budgets and retries (``Runner``), and folds every answer into the call's ``Results``; each
+finished request is written to the cache at once, so a crash or Ctrl-C loses at most the
+requests in flight. A request refused because of one of its inputs (400/422) is bisected
+down to the offending rows (``Fetch.bisect``).
 """
 
 from __future__ import annotations
@@ -84,8 +84,7 @@ class Fetch:
 
     ``on_stored(items, billed_tokens)`` is called after each finished request with the texts
     it completed (to hand them to waiting calls and to report progress); ``describe(i)``
-    names the row of text ``i`` in error messages.
-    """
+    names the row of text ``i`` in error messages; ``budget``: the call's own (a proxy key's)."""
 
     def __init__(
         self,
@@ -99,9 +98,10 @@ class Fetch:
         *,
         describe: Callable[[int], str],
         on_stored: Callable[[list[Item], list[int], int], None] | None = None,
-        stop: threading.Event | None = None,
+        stop: threading.Event | None = None, budget: Any = None,
     ) -> None:
         self.stage, self.cache = stage, cache
+        self.budgets = [b for b in (budget, stage.budget) if b is not None]
         self.texts, self.keys, self.todo = texts, keys, todo
         self.results, self.stats = results, stats
         self.describe, self.on_stored = describe, on_stored
@@ -197,7 +197,7 @@ class Fetch:
         server works while the client counts. Only once the quota is known to have no
         tokens/min limit and without ``max_cost``: both need the count before sending."""
         stage = self.stage
-        if not self.head.done() or stage.runner.limiter.tpm or stage.budget.max_cost is not None:
+        if not self.head.done() or stage.runner.limiter.tpm or any(b.max_cost is not None for b in self.budgets):
             return None
         texts = [self.texts[i] for i in idx]
         sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
@@ -262,7 +262,7 @@ class Fetch:
             raise Stopped("the run was stopped")
         tokens = sum(max(0, p.tokens) for p in batch)  # an uncounted request goes only without tpm and max_cost
         estimate = tokens * stage.price / 1e6
-        stage.budget.reserve(estimate)
+        self.reserve(estimate)
         embed: Any = stage.provider.embed
         # a local model: a stop ends its request after the mini-batch running
         extra = {"stop": self.stop} if getattr(stage.provider, "stops_between_batches", False) else {}
@@ -270,19 +270,32 @@ class Fetch:
         try:
             result = stage.runner.call(send, tokens, self.on_retry, self.stop)
         except Stopped:
-            stage.budget.settle(estimate, 0.0)
+            self.settle(estimate, 0.0)
             raise
         except ProviderError as exc:
-            stage.budget.settle(estimate, 0.0)
+            self.settle(estimate, 0.0)
             if not exc.blames_input:
                 raise
             with self._lock:
                 self.stats.requests += 1
             return exc
-        stage.budget.settle(estimate, result.billed_tokens * stage.price / 1e6)
+        self.settle(estimate, result.billed_tokens * stage.price / 1e6)
         stage.accepted = True
         self.finish(batch, result)
         return None
+
+    def reserve(self, estimate: float) -> None:
+        """Reserve a request's estimate on every budget, or on none (``BudgetExceededError``)."""
+        for n, budget in enumerate(self.budgets):
+            try:
+                budget.reserve(estimate)
+            except BaseException:
+                self.settle(estimate, 0.0, self.budgets[:n])
+                raise
+
+    def settle(self, estimate: float, actual: float, budgets: list[Any] | None = None) -> None:
+        for budget in self.budgets if budgets is None else budgets:
+            budget.settle(estimate, actual)
 
     def bisect(self, batch: list[Piece], refused: ProviderError, *, rows_at_fault: bool = False) -> None:
         """A request refused for one of its inputs: each half is sent again, down to the row.

@@ -121,6 +121,9 @@ class Run:
         self.stopping = threading.Event()
         #: Batch mode: the batches this run submitted or collected (for the ledger).
         self.batch_ids: list[str] = []
+        #: A budget of this run's own, beside the embedder's ``max_cost`` (``reserve``/``settle``
+        #: before and after each request, as ``pipeline.budget.Budget``): the proxy's per-key budgets.
+        self.budget: Any = None
 
     def __repr__(self) -> str:
         return f"Run({self.source!r}, {self.status}, rows={self.stats.rows:,}, cost=${self.stats.cost_usd:.6f})"

@@ -41,7 +41,7 @@ class Metrics:
     """The proxy's Prometheus metrics, in a registry of their own."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         r = self.registry = CollectorRegistry()
         self.requests = Counter("polars_embed_proxy_requests", "Embedding requests answered, by proxy key and status",
@@ -56,6 +56,8 @@ class Metrics:
         self.upstream_seconds = Histogram("polars_embed_proxy_upstream_request_seconds",
                                           "Latency of each upstream request (retries each counted)", registry=r,
                                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.key_spent = Gauge("polars_embed_proxy_key_spent_usd", "US dollars a proxy key with a budget has spent, "
+                               "this UTC day or month", ["key", "period"], registry=r)
         self.upstream_429 = Counter("polars_embed_proxy_upstream_429", "429 answers from the upstream", registry=r)
         self.seconds = Histogram("polars_embed_proxy_request_seconds", "Latency of each embedding request",
                                  ["cache"], registry=r,

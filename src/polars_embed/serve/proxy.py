@@ -39,11 +39,12 @@ from ..errors import (
 )
 from ..pipeline.run import Run
 from ..pipeline.runner import status_of
+from .accounts import Accounts, OverBudget
 from .keys import Keys
 from .routes import Upstream, family_of, make_routed, normal_dimensions, not_found
 from .slots import SHARE, SlotKey, Slots
-from .tokens import TokenArrays, ids_text
-from .wire import EmbeddingRequest, OpenAIError, bad_request, encode_vector
+from .tokens import TokenArrays, split_inputs
+from .wire import EmbeddingRequest, OpenAIError, bad_request, cache_down, encode_vector
 
 if TYPE_CHECKING:
     from ..caches import Cache
@@ -83,6 +84,7 @@ class ProxyConfig:
     provider_urls: dict[str, str] = field(default_factory=dict)  # family -> base URL (e.g. a Cohere-compatible server)
     provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> its provider_options
     models: list[str] = field(default_factory=list)  # provider-prefixed models /v1/models lists beside the upstream's
+    limiter: str | None = None  # redis://: the upstream quota and the keys' limits and spending, shared by proxies
 
 
 class _Timed:
@@ -143,6 +145,9 @@ class Proxy:
                                 RedisCache(str(config.cache), retry_seconds=REDIS_RETRY_SECONDS))
         self.ledger: Ledger | None = open_ledger(config.ledger, self.cache)
         self._limiters: dict[str, Limiter] = {}  # a quota per model, as OpenAI's are
+        keys = config.keys
+        self.accounts = Accounts(keys.limits if keys else {}, spend_path=keys.spend_path if keys else None,
+                                 shared=config.limiter)
         self.slots = Slots(self._make, share=SHARE if config.keys is not None else None)
         self._runs: dict[tuple[str, int | None, str], tuple[Run, dict[str, str]]] = {}
         self._dirty: set[tuple[str, int | None, str]] = set()
@@ -174,7 +179,7 @@ class Proxy:
 
     def _make(self, slot: SlotKey) -> Embedder:
         from ..embedder import Embedder
-        from ..limiters import RateLimiter
+        from ..limiters import RateLimiter, shared_limiter
 
         model, dimensions, role, kind = slot
         cfg = self.config
@@ -185,7 +190,10 @@ class Proxy:
                 raise bad_request(f"{model} takes text: send strings, not token arrays", "input")
             provider = TokenArrays(provider)
         with self._lock:
-            limiter = self._limiters.setdefault(model, RateLimiter(cfg.rpm, cfg.tpm))
+            limiter = self._limiters.get(model)
+            if limiter is None:
+                limiter = self._limiters[model] = (shared_limiter(cfg.limiter, cfg.rpm, cfg.tpm, provider)
+                                                   or RateLimiter(cfg.rpm, cfg.tpm))
         return Embedder(provider=_Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
                         ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
                         on_error="null", max_workers=cfg.max_workers, max_retry_seconds=cfg.max_retry_seconds,
@@ -222,8 +230,16 @@ class Proxy:
     def embed(self, req: EmbeddingRequest, key: str = ANONYMOUS) -> tuple[dict[str, Any], dict[str, str]]:
         """The answer body and headers of one request, or an ``OpenAIError`` (which carries
         the cost header too: a request refused after part of it was paid says so)."""
+        with self.accounts.admit(key) as budget:
+            call = Run(f"serve:{key}")  # this request's figures; folded into the key's run below
+            call.budget = budget  # the key's, if it has one: reserved before each upstream request
+            try:
+                return self._embed(req, key, call)
+            finally:
+                self.accounts.used(key, call.stats.tokens_billed)
+
+    def _embed(self, req: EmbeddingRequest, key: str, call: Run) -> tuple[dict[str, Any], dict[str, str]]:
         base = self.route(req)
-        call = Run(f"serve:{key}")  # this request's figures; folded into the key's run below
         failure: PolarsEmbedError | None = None
         with self.slots.use((*base, "text"), key) as slot:
             parts = split_inputs(slot.embedder, req.inputs)
@@ -294,6 +310,8 @@ class Proxy:
                 m.inputs.labels(key, "miss").inc(sum(len(rows) for _, rows, _, _ in outs) - hits)
             m.cost.labels(key).inc(figures.cost_usd)
             m.tokens.labels(key).inc(figures.tokens_billed)
+            for period, usd in (self.accounts.spent(key) or {}).items():
+                m.key_spent.labels(key, period).set(usd)
         return {"x-polars-embed-cost-usd": repr(figures.cost_usd)}
 
     def _error(self, emb: Embedder, exc: PolarsEmbedError) -> OpenAIError:
@@ -318,6 +336,8 @@ class Proxy:
             if code == 429:
                 return OpenAIError(429, f"the upstream's rate limit: {message}", kind="rate_limit_exceeded")
             return OpenAIError(502, f"the upstream failed: {message}", kind="upstream_error")
+        if isinstance(exc, OverBudget):  # a key's budget (the embedders have none of their own)
+            return exc.answer
         if isinstance(exc, CacheError):
             return cache_down(exc)
         if isinstance(exc, ConfigurationError):
@@ -360,38 +380,3 @@ class Proxy:
         self.flush()
         self.slots.close()
         self.cache.close()
-
-
-def cache_down(exc: PolarsEmbedError) -> OpenAIError:
-    """A shared cache that fails: 503 at once, in OpenAI's shape (the cause goes to the log)."""
-    log.warning("the cache failed: %s", str(exc).splitlines()[0])
-    error = OpenAIError(503, "The proxy's cache is unavailable; try again shortly.", kind="server_error")
-    error.headers = {"retry-after": "5"}
-    return error
-
-
-def split_inputs(emb: Embedder, inputs: list[str | list[int]]) -> dict[str, tuple[list[int], list[str]]]:
-    """A request's inputs by how they are embedded: ``"text"`` (strings, and token arrays that
-    are exactly the encoding of a text: the upstream sees the same tokens) and ``"tokens"``
-    (any other token array, and a blank string as its tokens; see ``tokens.py``)."""
-    tokenizer = emb.provider.tokenizer()
-    takes_tokens = emb.provider.name == "openai"
-    parts: dict[str, tuple[list[int], list[str]]] = {}
-    for i, x in enumerate(inputs):
-        if not takes_tokens and not (isinstance(x, str) and x.strip()):
-            what = "token arrays" if not isinstance(x, str) else "an input of only whitespace"
-            raise bad_request(f"'$.input[{i}]' is invalid: {emb.model} takes text, not {what}.", "input")
-        if isinstance(x, str):
-            kind, text = ("text", x) if x.strip() else ("tokens", ids_text(tokenizer.encode_batch([x])[0]))
-        else:
-            kind, text = "tokens", ids_text(x)
-            try:
-                decoded = tokenizer.decode(x)
-                if decoded.strip() and tokenizer.encode_batch([decoded])[0] == x:
-                    kind, text = "text", decoded
-            except Exception:  # noqa: BLE001, S110 - ids outside the vocabulary: the upstream answers them
-                pass
-        rows, texts = parts.setdefault(kind, ([], []))
-        rows.append(i)
-        texts.append(text)
-    return parts

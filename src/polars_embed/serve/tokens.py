@@ -22,9 +22,12 @@ import dataclasses
 from collections.abc import Sequence as SequenceABC
 from typing import TYPE_CHECKING, Any
 
+from .wire import bad_request
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..embedder import Embedder
     from ..identity import VectorIdentity
     from ..providers.base import BatchResult, Provider
 
@@ -90,3 +93,30 @@ class TokenArrays:
     def embed(self, texts: list[str]) -> BatchResult:
         arrays: Any = [[int(t) for t in text.split()] for text in texts]  # the wire takes arrays where texts go
         return self.inner.embed(arrays)
+
+
+def split_inputs(emb: Embedder, inputs: list[str | list[int]]) -> dict[str, tuple[list[int], list[str]]]:
+    """A request's inputs by how they are embedded: ``"text"`` (strings, and token arrays that
+    are exactly the encoding of a text: the upstream sees the same tokens) and ``"tokens"``
+    (any other token array, and a blank string as its tokens; see ``tokens.py``)."""
+    tokenizer = emb.provider.tokenizer()
+    takes_tokens = emb.provider.name == "openai"
+    parts: dict[str, tuple[list[int], list[str]]] = {}
+    for i, x in enumerate(inputs):
+        if not takes_tokens and not (isinstance(x, str) and x.strip()):
+            what = "token arrays" if not isinstance(x, str) else "an input of only whitespace"
+            raise bad_request(f"'$.input[{i}]' is invalid: {emb.model} takes text, not {what}.", "input")
+        if isinstance(x, str):
+            kind, text = ("text", x) if x.strip() else ("tokens", ids_text(tokenizer.encode_batch([x])[0]))
+        else:
+            kind, text = "tokens", ids_text(x)
+            try:
+                decoded = tokenizer.decode(x)
+                if decoded.strip() and tokenizer.encode_batch([decoded])[0] == x:
+                    kind, text = "text", decoded
+            except Exception:  # noqa: BLE001, S110 - ids outside the vocabulary: the upstream answers them
+                pass
+        rows, texts = parts.setdefault(kind, ([], []))
+        rows.append(i)
+        texts.append(text)
+    return parts

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("polars_embed.proxy")
 
 #: OpenAI's limit on inputs in one request.
 MAX_INPUTS = 2048
@@ -129,3 +132,11 @@ def encode_vector(vector: np.ndarray, fmt: str) -> Any:
     if fmt == "base64":
         return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode()
     return vector.tolist()  # float32 -> the nearest double, which parses back to the same float32
+
+
+def cache_down(exc: Exception) -> OpenAIError:
+    """A shared cache that fails: 503 at once, in OpenAI's shape (the cause goes to the log)."""
+    log.warning("the cache failed: %s", str(exc).splitlines()[0])
+    error = OpenAIError(503, "The proxy's cache is unavailable; try again shortly.", kind="server_error")
+    error.headers = {"retry-after": "5"}
+    return error
