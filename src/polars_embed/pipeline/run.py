@@ -121,8 +121,7 @@ class Run:
         self.stopping = threading.Event()
         #: Batch mode: the batches this run submitted or collected (for the ledger).
         self.batch_ids: list[str] = []
-        #: A budget of this run's own, beside the embedder's ``max_cost`` (``reserve``/``settle``
-        #: before and after each request, as ``pipeline.budget.Budget``): the proxy's per-key budgets.
+        #: A budget of the run's own beside the embedder's (as ``pipeline.budget.Budget``): a proxy key's.
         self.budget: Any = None
 
     def __repr__(self) -> str:
