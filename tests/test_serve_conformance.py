@@ -153,3 +153,47 @@ def test_a_shared_cache_that_fails_is_a_503_at_once_never_a_500(start, upstream)
             assert took < 3.0, took
         redis.start()
         assert client(s.url).embeddings.create(model=MODEL, input=["kept"], dimensions=16).data
+
+
+def test_every_answer_of_the_proxy_is_valid_under_openais_spec(start, upstream, tmp_path):
+    """Successes and errors alike, against the schemas of OpenAI's published spec."""
+    import base64
+    from pathlib import Path
+
+    import jsonschema
+
+    schemas = json.loads((Path(__file__).parent / "fixtures" / "openai_spec_schemas.json").read_text())["schemas"]
+    keys = Keys(tmp_path / "keys.json")
+    key = keys.add("k")
+    s = start(keys=keys)
+    bodies = [
+        {"model": MODEL, "input": "one text"},
+        {"model": MODEL, "input": ["two", "texts"], "dimensions": 8, "encoding_format": "base64"},
+        {"model": MODEL, "input": JAPANESE[2:4]},
+        {"model": MODEL, "input": [JAPANESE, [220]], "dimensions": 8},
+        {"model": MODEL, "input": []},
+        {"model": MODEL, "input": [""]},
+        {"model": MODEL, "input": "x", "encoding_format": "int8"},
+        {"model": MODEL, "input": "x", "dimensions": "256"},
+        {"model": MODEL, "input": "x", "temperature": 1},
+        {"model": "no-such-model", "input": "x"},
+        {"model": "text-embedding-ada-002", "input": "x", "dimensions": 8},
+        {"model": MODEL, "input": [[200000]]},
+        {"model": MODEL, "input": "a" + " a" * 8200},
+    ]
+    statuses = []
+    for body in bodies:
+        status, answer, _ = post(s.url, body, key=key)
+        statuses.append(status)
+        if status == 200:
+            if body.get("encoding_format") == "base64":
+                for item in answer["data"]:
+                    item["embedding"] = np.frombuffer(base64.b64decode(item["embedding"]), "<f4").tolist()
+            jsonschema.Draft202012Validator(schemas["CreateEmbeddingResponse"]).validate(answer)
+        else:
+            jsonschema.Draft202012Validator(schemas["ErrorResponse"]).validate(answer)
+    status, answer, _ = post(s.url, bodies[0], key="not a key")
+    jsonschema.Draft202012Validator(schemas["ErrorResponse"]).validate(answer)
+    assert statuses == [200, 200, 200, 200, 400, 400, 400, 400, 400, 404, 400, 400, 400] and status == 401
+    with urllib.request.urlopen(urllib.request.Request(s.url + "/models", headers={"authorization": f"Bearer {key}"})) as r:
+        jsonschema.Draft202012Validator(schemas["ListModelsResponse"]).validate(json.loads(r.read()))
