@@ -27,9 +27,12 @@ def add_parser(sub: Any) -> None:
     serve = sub.add_parser(
         "serve", help="run an OpenAI-compatible caching proxy (POST /v1/embeddings)",
         description="Serve POST /v1/embeddings as OpenAI does, from the cache, sending only the misses upstream "
-        "(packed, paced, each distinct text paid once), plus GET /v1/models (passed through), /health and /metrics "
-        "(Prometheus). Point any OpenAI client's base_url at http://HOST:PORT/v1. The upstream key is read from "
-        "$OPENAI_API_KEY (or --upstream-key-env) and never leaves the proxy. Needs: pip install 'polars-embed[serve]'.")
+        "(packed, paced, each distinct text paid once), plus GET /v1/models (the upstream's and --model's), /health "
+        "and /metrics (Prometheus). Point any OpenAI client's base_url at http://HOST:PORT/v1; model='cohere:...' "
+        "(any provider prefix) goes to that provider. The upstream key is read from $OPENAI_API_KEY (or "
+        "--upstream-key-env) and never leaves the proxy. Keys may have budgets and rate limits (--new-key, "
+        "--set-limits); proxies naming one Redis (--cache, --limiter) act as one. Needs: pip install "
+        "'polars-embed[serve]'.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     serve.add_argument("--upstream-base-url", default=None, help="where misses go (default: $OPENAI_BASE_URL or OpenAI)")
