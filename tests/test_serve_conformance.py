@@ -86,8 +86,22 @@ def test_an_input_of_8192_tokens_is_accepted_and_8193_is_not(start, upstream):
     r = client(s.url).embeddings.create(model=MODEL, input=[text], dimensions=32)
     assert r.usage.prompt_tokens == 8192
     with pytest.raises(openai.BadRequestError) as info:
-        client(s.url).embeddings.create(model=MODEL, input=[text + " a"], dimensions=32)
+        client(s.url).embeddings.create(model=MODEL, input=["fine", " ", text + " a"], dimensions=32)
     assert info.value.code == "context_length_exceeded" and "8192" in info.value.message
+    assert "'$.input[2]'" in info.value.message  # its place in the request, whichever way it was embedded
+
+
+def test_another_models_token_arrays_go_as_they_came(start, upstream):
+    """A model behind an OpenAI-compatible server has a vocabulary of its own: its arrays are
+    never read as cl100k text (the array for "hello world" is not that text's entry there)."""
+    s = start()
+    hello = [15339, 1917]  # "hello world" in cl100k_base
+    for model, shared in ((MODEL, True), ("listed-custom-model", False)):
+        client(s.url).embeddings.create(model=model, input=[hello])
+        r = client(s.url).embeddings.with_raw_response.create(model=model, input=["hello world"])
+        assert r.headers["x-polars-embed-cache"] == ("HIT" if shared else "MISS")
+    status, body, _ = post(s.url, {"model": "listed-custom-model", "input": ["a", "   "]})
+    assert status == 400 and "only whitespace" in body["error"]["message"]
 
 
 def test_unknown_models_are_404_model_not_found_and_listed_ones_are_sized_once(start, upstream):

@@ -103,3 +103,26 @@ def test_limits_in_the_keys_file_are_checked(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigurationError, match="holds no key of"):
         Keys(path)
+
+
+def test_a_budget_binds_only_where_there_is_a_price_and_settles_in_the_day_it_began(upstream, tmp_path):
+    import calendar
+
+    from polars_embed.serve.accounts import FileSpend, KeyBudget
+
+    keys = Keys(tmp_path / "keys.json")
+    capped = keys.add("capped", KeyLimits(usd_per_day=1.0))
+    upstream.models["unpriced-model"] = 64
+    with serving(upstream, tmp_path, Keys(tmp_path / "keys.json")) as s:
+        with pytest.raises(openai.BadRequestError) as info:
+            client(s, capped).embeddings.create(model="unpriced-model", input=["x"])
+        assert "--price unpriced-model=USD_PER_1M" in info.value.message
+        assert upstream.billed_tokens <= 2  # the size was asked (two tokens); nothing was embedded for the key
+
+    spend = FileSpend(tmp_path / "spend.sqlite")
+    midnight = calendar.timegm((2026, 1, 2, 0, 0, 0))
+    budget = KeyBudget(spend, "k", KeyLimits(usd_per_day=1.0))
+    budget.now = midnight - 1  # reserved at 23:59:59, answered after midnight
+    budget.reserve(0.9)
+    budget.settle(0.9, 0.0)
+    assert spend.spent("k", midnight - 1)["day"] == 0.0 and spend.spent("k", midnight + 20)["day"] == 0.0

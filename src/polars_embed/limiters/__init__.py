@@ -15,7 +15,8 @@ from .local import AdaptiveConcurrency, RateLimiter
 __all__ = ["AdaptiveConcurrency", "Limiter", "RateLimiter", "shared_limiter"]
 
 
-def shared_limiter(limiter: Limiter | str | None, rpm: float | None, tpm: float | None, provider: Any) -> Limiter | None:
+def shared_limiter(limiter: Limiter | str | None, rpm: float | None, tpm: float | None, provider: Any,
+                   **options: Any) -> Limiter | None:
     """``limiter="redis://host:port/db"``: one quota in Redis for every worker that names it,
     per endpoint and model (``limiters.redis.RedisLimiter``); a ``Limiter`` object as it is."""
     if not isinstance(limiter, str):
@@ -27,4 +28,4 @@ def shared_limiter(limiter: Limiter | str | None, rpm: float | None, tpm: float 
     from .redis import RedisLimiter
 
     scope = f"{getattr(provider, 'endpoint', None) or provider.name} {provider.model}"
-    return RedisLimiter(limiter, rpm, tpm, scope=scope)
+    return RedisLimiter(limiter, rpm, tpm, scope=scope, **options)

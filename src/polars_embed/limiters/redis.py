@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LimiterError
-from ..scale.redis_link import Linked, connect, redis_errors, unreachable, where
+from ..scale.redis_link import RETRY_SECONDS, Linked, connect, redis_errors, unreachable, where
 from .base import MIN_TPM, header_number
 
 if TYPE_CHECKING:
@@ -102,12 +102,12 @@ class RedisLimiter(Linked):
     names the same Redis and ``scope`` (an endpoint and model: a quota is per model)."""
 
     def __init__(self, url: str, rpm: float | None = None, tpm: float | None = None, *, scope: str = "default",
-                 prefix: str = "polars-embed") -> None:
-        self.url, self.scope, self.prefix = url, scope, prefix
+                 prefix: str = "polars-embed", retry_seconds: float = RETRY_SECONDS) -> None:
+        self.url, self.scope, self.prefix, self.retry_seconds = url, scope, prefix, retry_seconds
         self.configured = (rpm or None, tpm or None)
         self.rpm, self.tpm = rpm or None, tpm or None
         self._init_state()
-        self._client = connect(url)  # a URL redis-py cannot parse is refused now, not at the first request
+        self._client = connect(url, retry_seconds)  # a URL redis-py cannot parse is refused now, not at the first request
 
     def _init_state(self) -> None:
         self._client: Any = None
@@ -121,7 +121,7 @@ class RedisLimiter(Linked):
         return f"RedisLimiter({where(self.url)!r}, scope={self.scope!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("url", "scope", "prefix", "configured", "rpm", "tpm")}
+        return {k: self.__dict__[k] for k in ("url", "scope", "prefix", "configured", "rpm", "tpm", "retry_seconds")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -260,12 +260,11 @@ class Fetch:
         stage = self.stage
         if self.stop.is_set():
             raise Stopped("the run was stopped")
-        tokens = sum(max(0, p.tokens) for p in batch)  # an uncounted request goes only without tpm and max_cost
+        tokens = sum(max(0, p.tokens) for p in batch)  # counted, unless there is neither tpm nor a budget
         estimate = tokens * stage.price / 1e6
         self.reserve(estimate)
         embed: Any = stage.provider.embed
-        # a local model: a stop ends its request after the mini-batch running
-        extra = {"stop": self.stop} if getattr(stage.provider, "stops_between_batches", False) else {}
+        extra = {"stop": self.stop} if getattr(stage.provider, "stops_between_batches", False) else {}  # a local model
         send = functools.partial(embed, [p.text for p in batch], **extra)
         try:
             result = stage.runner.call(send, tokens, self.on_retry, self.stop)
@@ -279,9 +278,11 @@ class Fetch:
             with self._lock:
                 self.stats.requests += 1
             return exc
-        self.settle(estimate, result.billed_tokens * stage.price / 1e6)
         stage.accepted = True
-        self.finish(batch, result)
+        try:
+            self.finish(batch, result)  # stored first: a budget that fails to settle loses no paid vector
+        finally:
+            self.settle(estimate, result.billed_tokens * stage.price / 1e6)
         return None
 
     def reserve(self, estimate: float) -> None:
@@ -338,8 +339,7 @@ class Fetch:
 
     # -- finish --------------------------------------------------------------------------------
     def finish(self, batch: list[Piece], result: BatchResult) -> None:
-        """Fold one answer in (the billed tokens shared by counted tokens); store every text
-        whose pieces are all back."""
+        """Fold one answer in (billed tokens shared by counted tokens); store each text whose pieces are all back."""
         if batch[0].tokens == UNCOUNTED:
             batch = self.count(batch)
         res, n = self.results, len(batch)

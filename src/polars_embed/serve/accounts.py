@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import BudgetExceededError, ConfigurationError
-from .wire import OpenAIError
+from ..errors import BudgetExceededError, ConfigurationError, SharedStateError
+from .wire import OpenAIError, shared_down
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+log = logging.getLogger("polars_embed.proxy")
 
 PERIODS = ("day", "month")
 
@@ -221,21 +224,33 @@ class OverBudget(BudgetExceededError):
 
 
 class KeyBudget:
-    """A key's budget for one request's calls: ``reserve``/``settle`` as ``pipeline.budget.Budget``."""
+    """A key's budget for one request's calls: ``reserve``/``settle`` as ``pipeline.budget.Budget``.
+    The request's spending is filed under the day and month it began (a request that ends
+    after midnight settles where it reserved, not in the new day)."""
 
     max_cost = 0.0  # not None: requests are counted before they leave (their estimate is reserved)
 
     def __init__(self, spend: Spend, key: str, limits: KeyLimits) -> None:
         self.spend, self.key, self.caps = spend, key, limits.caps()
+        self.now = time.time()
+        self.unpriced: str | None = None  # a model with no price: nothing may be sent upstream for the key
 
     def reserve(self, estimate: float) -> None:
-        now = time.time()
-        period = self.spend.reserve(self.key, estimate, self.caps, now)
+        if self.unpriced is not None:
+            raise OverBudget(OpenAIError(400, f"Proxy key {self.key!r} has a budget and {self.unpriced} has no price "
+                                         f"here: start the proxy with --price {self.unpriced}=USD_PER_1M"))
+        period = self.spend.reserve(self.key, estimate, self.caps, self.now)
         if period is not None:
-            raise OverBudget(over_budget(self.key, period, self.caps[period], now))
+            raise OverBudget(over_budget(self.key, period, self.caps[period], time.time()))
 
     def settle(self, estimate: float, actual: float) -> None:
-        self.spend.add(self.key, actual - estimate, time.time())
+        """What was billed replaces the estimate. Best effort: the request was paid and its
+        vectors stored; a store that fails now keeps the estimate (never less than the bill
+        for a counted request)."""
+        try:
+            self.spend.add(self.key, actual - estimate, self.now)
+        except (OpenAIError, sqlite3.Error) as exc:
+            log.warning("could not settle the spending of proxy key %r: %s", self.key, exc)
 
 
 def over_budget(key: str, period: str, cap: float, now: float) -> OpenAIError:
@@ -260,7 +275,8 @@ class Accounts:
         if any(v.caps() for v in self.limits.values()):
             self.spend = RedisSpend(shared) if shared else FileSpend(spend_path) if spend_path else None
         self._quotas: dict[str, Any] = {
-            k: RedisLimiter(shared, v.rpm, v.tpm, scope=f"proxy key {k}") if shared else RateLimiter(v.rpm, v.tpm)
+            k: RedisLimiter(shared, v.rpm, v.tpm, scope=f"proxy key {k}", retry_seconds=0.5) if shared
+            else RateLimiter(v.rpm, v.tpm)
             for k, v in self.limits.items() if v.rpm or v.tpm}
         self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -280,7 +296,10 @@ class Accounts:
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
         try:
             quota = self._quotas.get(key)
-            wait = quota.try_reserve(0) if quota is not None else 0.0
+            try:
+                wait = quota.try_reserve(0) if quota is not None else 0.0
+            except SharedStateError as exc:
+                raise shared_down(exc) from None
             if wait > 0:
                 per = ", ".join(f"{v:g} {n}" for n, v in (("requests", limits.rpm), ("tokens", limits.tpm)) if v)
                 raise too_many(f"Rate limit reached for proxy key {key!r} ({per} per minute). "
@@ -298,15 +317,22 @@ class Accounts:
                 self._in_flight[key] -= 1
 
     def used(self, key: str, tokens: int) -> None:
-        """A request of the key sent ``tokens`` upstream: they count against its tokens per minute."""
+        """A request of the key sent ``tokens`` upstream: they count against its tokens per
+        minute (best effort: the request is paid and answered)."""
         quota = self._quotas.get(key)
         if quota is not None and tokens:
-            quota.settle(0, tokens)
+            with contextlib.suppress(SharedStateError):
+                quota.settle(0, tokens)
 
     def spent(self, key: str) -> dict[str, float] | None:
+        """What a key with a budget spent this day and month (None: no budget, or the store
+        cannot say right now)."""
         if self.spend is None or not self.limits.get(key, KeyLimits()).caps():
             return None
-        return self.spend.spent(key, time.time())
+        try:
+            return self.spend.spent(key, time.time())
+        except (OpenAIError, sqlite3.Error):
+            return None
 
 
 def too_many(message: str, wait: float) -> OpenAIError:

@@ -33,7 +33,7 @@ log = logging.getLogger("polars_embed.serve")
 MAX_BODY = 32 * 2**20
 #: Seconds a request's body may take to arrive, plus one per MiB (``body_seconds``).
 BODY_SECONDS = 10.0
-#: Bytes of bodies read at once (slow senders hold no more than this between them).
+#: Bytes of bodies being read at once (what has arrived of them), a quarter of it per proxy key.
 READING = 256 * 2**20
 
 
@@ -90,7 +90,7 @@ def create_app(config: ProxyConfig) -> Starlette:
         started, key, cache = time.perf_counter(), ANONYMOUS, "none"
         try:
             key = proxy.authenticate(request.headers.get("authorization"))
-            body = await _read(request, limits["reading"])
+            body = await _read(request, limits["reading"], key)
             large = len(body) > 2**20
             async with limits["bodies"] if large else contextlib.nullcontext():  # a large one, whole, a few at once
                 req = await anyio.to_thread.run_sync(parse_request, body) if large else parse_request(body)
@@ -195,40 +195,53 @@ def body_seconds(length: int | None) -> float:
 
 
 class Reading:
-    """Bytes of request bodies being read at once (a body counts what it announces, or
-    ``MAX_BODY`` when it does not say): over ``READING``, a new body is a 503 at once."""
+    """Bytes of request bodies being read, counted as they arrive: over ``READING`` between
+    them, or a quarter of it for one proxy key, the body that would pass it is a 503 at once.
+    A slow sender holds what it sent, never what it announced."""
 
-    def __init__(self, limit: int = READING) -> None:
-        self.limit, self.held = limit, 0
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = READING if limit is None else limit
+        self.held = 0
+        self.by_key: dict[str, int] = {}
 
-    @contextlib.contextmanager
-    def hold(self, size: int) -> Any:
-        if self.held + size > self.limit:
+    def take(self, key: str, size: int) -> None:  # the event loop's thread only: no lock
+        mine = self.by_key.get(key, 0)
+        if self.held + size > self.limit or (key != ANONYMOUS and mine + size > self.limit // 4):
             raise OpenAIError(503, "the proxy is reading too many large requests at once; try again shortly",
                               kind="server_error")
-        self.held += size  # the event loop's thread only: no lock
-        try:
-            yield
-        finally:
-            self.held -= size
+        self.held += size
+        self.by_key[key] = mine + size
+
+    def give(self, key: str, size: int) -> None:
+        self.held -= size
+        self.by_key[key] -= size
+        if not self.by_key[key]:
+            del self.by_key[key]
 
 
-async def _read(request: Request, reading: Reading) -> bytes:
+async def _read(request: Request, reading: Reading, key: str) -> bytes:
     """The body, within its deadline (``body_seconds``) and the limits on its size."""
     import anyio
+    from starlette.requests import ClientDisconnect
 
     length = request.headers.get("content-length")
     announced = int(length) if length is not None and length.isdigit() else None
     if announced is not None and announced > MAX_BODY:
         raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
     chunks, size = [], 0
-    with reading.hold(MAX_BODY if announced is None else announced), \
-            anyio.move_on_after(body_seconds(announced)) as deadline:
-        async for chunk in request.stream():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_BODY or (announced is not None and size > announced):
-                raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
+    try:
+        with anyio.move_on_after(body_seconds(announced)) as deadline:
+            async for chunk in request.stream():
+                if size + len(chunk) > MAX_BODY or (announced is not None and size + len(chunk) > announced):
+                    raise OpenAIError(413, f"the request body is over {MAX_BODY // 2**20} MiB")
+                reading.take(key, len(chunk))
+                chunks.append(chunk)
+                size += len(chunk)
+    except ClientDisconnect:
+        raise OpenAIError(400, "the client closed the connection before its body arrived") from None
+    finally:
+        if size:
+            reading.give(key, size)
     if deadline.cancelled_caught:
         raise OpenAIError(408, f"the request body did not arrive within {body_seconds(announced):.0f} s")
     return b"".join(chunks)

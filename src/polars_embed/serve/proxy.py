@@ -2,22 +2,23 @@
 with only the misses sent upstream (``polars-embed serve``; the HTTP side is ``app.py``).
 
 A request is parsed and checked as OpenAI checks it (``wire.parse_request``), its inputs become
-one ``Embedder.embed`` call of the embedder for its model and dimensions: the same plan,
-cache keys, packing, limiter and in-flight dedupe as ``embed_column``, so a proxy and a
-dataframe job on the same cache share entries, and two clients asking for the same text at
-once pay for it once. The answer keeps the input order and indices, in ``float`` or
+one ``Embedder.embed`` call of the embedder for its model, dimensions and role (``slots.py``;
+token arrays that are no text's encoding, a second one: ``tokens.py``), whatever provider
+answers the model (``routes.py``): the same plan, cache keys, packing, limiter and in-flight
+dedupe as ``embed_column``, so a proxy and a dataframe job on the same cache share entries,
+and two clients asking for the same text at once pay for it once. The answer keeps the input order and indices, in ``float`` or
 ``base64`` (not part of the cache key, nor is ``user``), and says in headers whether it
 was a ``HIT``, a ``MISS`` or ``PARTIAL``, how many inputs were hits and what it cost.
 
-Clients present proxy keys (stored hashed, ``keys.Keys``); the upstream key stays here. Usage
-is kept per proxy key: in the metrics and in one ledger record per key and model,
-updated every few seconds (``Proxy.flush``).
+Clients present proxy keys (stored hashed, ``keys.Keys``), each with its limits enforced before
+anything is paid (``accounts.py``); the upstream key stays here. Usage is kept per proxy key:
+in the metrics and in one ledger record per key and model, updated every few seconds
+(``Proxy.flush``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import re
@@ -36,22 +37,29 @@ from ..errors import (
     PolarsEmbedError,
     ProviderError,
     RequestRefusedError,
+    SharedStateError,
 )
 from ..pipeline.run import Run
-from ..pipeline.runner import status_of
 from .accounts import Accounts, OverBudget
 from .keys import Keys
-from .routes import Upstream, family_of, make_routed, normal_dimensions, not_found
+from .routes import (
+    ROLE_BLIND,
+    Timed,
+    Upstream,
+    family_of,
+    make_routed,
+    normal_dimensions,
+    not_found,
+)
 from .slots import SHARE, SlotKey, Slots
 from .tokens import TokenArrays, split_inputs
-from .wire import EmbeddingRequest, OpenAIError, bad_request, cache_down, encode_vector
+from .wire import EmbeddingRequest, OpenAIError, bad_request, encode_vector, shared_down
 
 if TYPE_CHECKING:
     from ..caches import Cache
     from ..embedder import Embedder
     from ..ledger import Ledger
     from ..limiters import Limiter
-    from ..providers.base import BatchResult, Provider
 
 log = logging.getLogger("polars_embed.proxy")
 
@@ -87,34 +95,6 @@ class ProxyConfig:
     limiter: str | None = None  # redis://: the upstream quota and the keys' limits and spending, shared by proxies
 
 
-class _Timed:
-    """The upstream provider, with each request's latency and 429s counted in the metrics."""
-
-    def __init__(self, inner: Provider, metrics: Any) -> None:
-        self._inner, self._metrics = inner, metrics
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "_inner":  # a copy being built has no inner provider yet
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-    def __copy__(self) -> _Timed:  # an Embedder copies its provider: copy the one inside too
-        return _Timed(copy.copy(self._inner), self._metrics)
-
-    def embed(self, texts: list[str]) -> BatchResult:
-        started = time.perf_counter()
-        try:
-            result = self._inner.embed(texts)
-            self._metrics.upstream_tokens.inc(result.billed_tokens)
-            return result
-        except Exception as exc:
-            if status_of(exc) == 429:
-                self._metrics.upstream_429.inc()
-            raise
-        finally:
-            self._metrics.upstream_seconds.observe(time.perf_counter() - started)
-
-
 class Proxy:
     """Answers embedding requests from the cache and the upstream (framework-free)."""
 
@@ -145,6 +125,7 @@ class Proxy:
                                 RedisCache(str(config.cache), retry_seconds=REDIS_RETRY_SECONDS))
         self.ledger: Ledger | None = open_ledger(config.ledger, self.cache)
         self._limiters: dict[str, Limiter] = {}  # a quota per model, as OpenAI's are
+        self._role_blind: set[str] = set()  # models whose vectors do not depend on the role
         keys = config.keys
         self.accounts = Accounts(keys.limits if keys else {}, spend_path=keys.spend_path if keys else None,
                                  shared=config.limiter)
@@ -173,9 +154,12 @@ class Proxy:
     # -- embedders -----------------------------------------------------------------------------
     def route(self, req: EmbeddingRequest) -> tuple[str, int | None, str]:
         """The slot of a request, less its input kind: (model, dimensions, role). The role is
-        part of it only for a provider that has roles (OpenAI's vectors are the same)."""
-        role = req.input_type if family_of(req.model) else "document"
-        return req.model, normal_dimensions(req.model, req.dimensions), role
+        part of it only for a model that has roles, and a model's own size asked for is no
+        size (either way, one embedder: one in-flight set for one cache entry)."""
+        family = family_of(req.model)
+        blind = family in ROLE_BLIND or req.model in self._role_blind
+        native = self.upstream.sizes.get(req.model) if not family else None
+        return req.model, normal_dimensions(req.model, req.dimensions, native), "document" if blind else req.input_type
 
     def _make(self, slot: SlotKey) -> Embedder:
         from ..embedder import Embedder
@@ -192,12 +176,19 @@ class Proxy:
         with self._lock:
             limiter = self._limiters.get(model)
             if limiter is None:
-                limiter = self._limiters[model] = (shared_limiter(cfg.limiter, cfg.rpm, cfg.tpm, provider)
+                limiter = self._limiters[model] = (shared_limiter(cfg.limiter, cfg.rpm, cfg.tpm, provider,
+                                                                  retry_seconds=REDIS_RETRY_SECONDS)
                                                    or RateLimiter(cfg.rpm, cfg.tpm))
-        return Embedder(provider=_Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
-                        ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
-                        on_error="null", max_workers=cfg.max_workers, max_retry_seconds=cfg.max_retry_seconds,
-                        limiter=limiter, price_per_million=cfg.price_per_million.get(model), source="serve")
+        try:
+            emb = Embedder(provider=Timed(provider, self.metrics) if self.metrics else provider, cache=self.cache,
+                           ledger=False, on_long_input=cfg.on_long_input,  # type: ignore[arg-type]
+                           on_error="null", max_workers=cfg.max_workers, max_retry_seconds=cfg.max_retry_seconds,
+                           limiter=limiter, price_per_million=cfg.price_per_million.get(model), source="serve")
+        except ConfigurationError as exc:  # a provider setting this proxy's --on-long-input cannot use
+            raise OpenAIError(400, str(exc)) from None
+        if not emb.identity.role:  # its vectors are the same in every role: one slot for them all
+            self._role_blind.add(model)
+        return emb
 
     def _run(self, base: tuple[str, int | None, str], emb: Embedder, key: str) -> Run:
         """The open ledger run of this key for this model (a new one after RUN_ROWS rows)."""
@@ -225,7 +216,7 @@ class Proxy:
         try:
             return all(v is not None for v in self.cache.get_many(keys))
         except PolarsEmbedError as exc:
-            raise cache_down(exc) from None
+            raise shared_down(exc) from None
 
     def embed(self, req: EmbeddingRequest, key: str = ANONYMOUS) -> tuple[dict[str, Any], dict[str, str]]:
         """The answer body and headers of one request, or an ``OpenAIError`` (which carries
@@ -242,6 +233,8 @@ class Proxy:
         base = self.route(req)
         failure: PolarsEmbedError | None = None
         with self.slots.use((*base, "text"), key) as slot:
+            if call.budget is not None and slot.embedder.price == 0 and not self._priced(base[0]):
+                call.budget.unpriced = base[0]
             parts = split_inputs(slot.embedder, req.inputs)
             n = len(req.inputs)
             req.inputs.clear()  # a token array is a Python int per id: held as text from here on
@@ -254,11 +247,11 @@ class Proxy:
                         used.served = True
                         outs.append((used.embedder, rows, texts, out))
             except PolarsEmbedError as exc:
-                failure = exc
+                failure, failed_rows = exc, rows
             headers = self._account(base, slot.embedder, key, call, outs, served=failure is None)
         if failure is not None:
             self.slots.forget((*base, "text"), slot)
-            error = self._error(slot.embedder, failure)
+            error = self._error(slot.embedder, failure, failed_rows)
             error.headers = {**error.headers, **headers}
             raise error from None
         return self._answer(req, n, slot.embedder, outs, headers)
@@ -314,13 +307,18 @@ class Proxy:
                 m.key_spent.labels(key, period).set(usd)
         return {"x-polars-embed-cost-usd": repr(figures.cost_usd)}
 
-    def _error(self, emb: Embedder, exc: PolarsEmbedError) -> OpenAIError:
+    def _priced(self, model: str) -> bool:
+        """Whether a model has a price here (given, or in the table; Ollama's are free)."""
+        return model in self.config.price_per_million or family_of(model) == "ollama"
+
+    def _error(self, emb: Embedder, exc: PolarsEmbedError, rows: list[int]) -> OpenAIError:
+        """The answer to a failed request; ``rows``: the request's indices of the inputs that failed."""
         message = self._scrub(emb, str(exc).splitlines()[0])
         if isinstance(exc, LongInputError):
             m = re.search(r"row (\d+) .* has (\d+) tokens, over the limit of (\d+)", message)
             if m:
-                message = (f"This model's maximum context length is {m[3]} tokens, however '$.input[{m[1]}]' has "
-                           f"{m[2]} tokens. Please reduce your input.")
+                message = (f"This model's maximum context length is {m[3]} tokens, however '$.input[{rows[int(m[1])]}]' "
+                           f"has {m[2]} tokens. Please reduce your input.")
             return OpenAIError(400, message, param="input", code="context_length_exceeded")
         if isinstance(exc, RequestRefusedError):
             if exc.status_code and 400 <= exc.status_code < 500:
@@ -335,11 +333,13 @@ class Proxy:
                                                                                            code="model_not_found")
             if code == 429:
                 return OpenAIError(429, f"the upstream's rate limit: {message}", kind="rate_limit_exceeded")
+            if code is None:  # no answer at all: where it is stays here
+                return OpenAIError(502, "The upstream cannot be reached; try again shortly.", kind="upstream_error")
             return OpenAIError(502, f"the upstream failed: {message}", kind="upstream_error")
         if isinstance(exc, OverBudget):  # a key's budget (the embedders have none of their own)
             return exc.answer
-        if isinstance(exc, CacheError):
-            return cache_down(exc)
+        if isinstance(exc, (CacheError, SharedStateError)):
+            return shared_down(exc)
         if isinstance(exc, ConfigurationError):
             return OpenAIError(400, message)
         return OpenAIError(503, message, kind="server_error")

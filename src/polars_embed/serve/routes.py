@@ -14,6 +14,7 @@ https://platform.openai.com/docs/api-reference/models/list
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -22,12 +23,13 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ..pipeline.runner import status_of
 from ..providers import FAMILIES, MODEL_DIMENSIONS, Limits, OpenAIProvider, make_provider
 from ..providers.openai import resolve_dimensions
 from .wire import OpenAIError, bad_request
 
 if TYPE_CHECKING:
-    from ..providers.base import Provider
+    from ..providers.base import BatchResult, Provider
 
 #: OpenAI's limit on one input: 8,192 tokens (the library keeps 8,191, safe under both
 #: readings of the old documentation; the proxy answers as the API does).
@@ -36,6 +38,8 @@ OPENAI_INPUT_TOKENS = 8192
 MODELS_SECONDS = 60.0
 #: OpenAI's models whose size may be given as ``dimensions``; their own size is no parameter.
 SHORTENABLE = ("text-embedding-3-small", "text-embedding-3-large")
+#: Families whose vectors are the same for every role (the rest learn it from their first identity).
+ROLE_BLIND = ("", "azure", "ollama")
 
 
 def not_found(model: str) -> OpenAIError:
@@ -49,10 +53,11 @@ def family_of(model: str) -> str:
     return family if sep and family in FAMILIES else ""
 
 
-def normal_dimensions(model: str, dimensions: int | None) -> int | None:
+def normal_dimensions(model: str, dimensions: int | None, native: int | None = None) -> int | None:
     """``dimensions`` as the slot knows it: a model's own size asked explicitly is the same
-    request as no ``dimensions`` (one embedder, one in-flight set, one cache entry)."""
-    if dimensions is not None and model in SHORTENABLE and dimensions == MODEL_DIMENSIONS[model]:
+    request as no ``dimensions`` (one embedder, one in-flight set, one cache entry).
+    ``native``: the size the upstream told for a model not in OpenAI's table."""
+    if dimensions is not None and (dimensions == native or (model in SHORTENABLE and dimensions == MODEL_DIMENSIONS[model])):
         return None
     return dimensions
 
@@ -88,10 +93,10 @@ class Upstream:
         with self._lock:
             listed = self._listed
             if listed is None or time.monotonic() - listed[0] > MODELS_SECONDS:
+                status, body = self.models()  # a 502 when the upstream cannot be reached
                 try:
-                    status, body = self.models()
                     names = {m["id"] for m in json.loads(body)["data"]} if status == 200 else None
-                except (OpenAIError, ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError):
                     names = None
                 if names is None:
                     return None
@@ -136,3 +141,31 @@ def make_routed(model: str, dimensions: int | None, role: str, *, upstream: Upst
                              input_type=role, options=options.get(family))
     except ConfigurationError as exc:
         raise OpenAIError(400, str(exc)) from None
+
+
+class Timed:
+    """The upstream provider, with each request's latency and 429s counted in the metrics."""
+
+    def __init__(self, inner: Provider, metrics: Any) -> None:
+        self._inner, self._metrics = inner, metrics
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # a copy being built has no inner provider yet
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def __copy__(self) -> Timed:  # an Embedder copies its provider: copy the one inside too
+        return Timed(copy.copy(self._inner), self._metrics)
+
+    def embed(self, texts: list[str]) -> BatchResult:
+        started = time.perf_counter()
+        try:
+            result = self._inner.embed(texts)
+            self._metrics.upstream_tokens.inc(result.billed_tokens)
+            return result
+        except Exception as exc:
+            if status_of(exc) == 429:
+                self._metrics.upstream_429.inc()
+            raise
+        finally:
+            self._metrics.upstream_seconds.observe(time.perf_counter() - started)

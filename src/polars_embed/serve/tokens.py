@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Sequence as SequenceABC
 from typing import TYPE_CHECKING, Any
 
+from ..providers.openai import MODEL_DIMENSIONS
 from .wire import bad_request
 
 if TYPE_CHECKING:
@@ -98,24 +99,32 @@ class TokenArrays:
 def split_inputs(emb: Embedder, inputs: list[str | list[int]]) -> dict[str, tuple[list[int], list[str]]]:
     """A request's inputs by how they are embedded: ``"text"`` (strings, and token arrays that
     are exactly the encoding of a text: the upstream sees the same tokens) and ``"tokens"``
-    (any other token array, and a blank string as its tokens; see ``tokens.py``)."""
+    (any other token array, and a blank string as its tokens).
+
+    Only OpenAI's own models (``cl100k_base``, what the library's tokenizer is) have their
+    arrays read as text and their blank strings encoded: another model behind an
+    OpenAI-compatible server has a vocabulary of its own, so its arrays go as they came and
+    a blank string is refused (the library never embeds blank text)."""
     tokenizer = emb.provider.tokenizer()
     takes_tokens = emb.provider.name == "openai"
+    reads_tokens = takes_tokens and emb.model in MODEL_DIMENSIONS
     parts: dict[str, tuple[list[int], list[str]]] = {}
     for i, x in enumerate(inputs):
-        if not takes_tokens and not (isinstance(x, str) and x.strip()):
+        blank = isinstance(x, str) and not x.strip()
+        if (not takes_tokens and not isinstance(x, str)) or (blank and not reads_tokens):
             what = "token arrays" if not isinstance(x, str) else "an input of only whitespace"
             raise bad_request(f"'$.input[{i}]' is invalid: {emb.model} takes text, not {what}.", "input")
         if isinstance(x, str):
-            kind, text = ("text", x) if x.strip() else ("tokens", ids_text(tokenizer.encode_batch([x])[0]))
+            kind, text = ("tokens", ids_text(tokenizer.encode_batch([x])[0])) if blank else ("text", x)
         else:
             kind, text = "tokens", ids_text(x)
-            try:
-                decoded = tokenizer.decode(x)
-                if decoded.strip() and tokenizer.encode_batch([decoded])[0] == x:
-                    kind, text = "text", decoded
-            except Exception:  # noqa: BLE001, S110 - ids outside the vocabulary: the upstream answers them
-                pass
+            if reads_tokens:
+                try:
+                    decoded = tokenizer.decode(x)
+                    if decoded.strip() and tokenizer.encode_batch([decoded])[0] == x:
+                        kind, text = "text", decoded
+                except Exception:  # noqa: BLE001, S110 - ids outside the vocabulary: the upstream answers them
+                    pass
         rows, texts = parts.setdefault(kind, ([], []))
         rows.append(i)
         texts.append(text)

@@ -134,9 +134,10 @@ def encode_vector(vector: np.ndarray, fmt: str) -> Any:
     return vector.tolist()  # float32 -> the nearest double, which parses back to the same float32
 
 
-def cache_down(exc: Exception) -> OpenAIError:
-    """A shared cache that fails: 503 at once, in OpenAI's shape (the cause goes to the log)."""
-    log.warning("the cache failed: %s", str(exc).splitlines()[0])
-    error = OpenAIError(503, "The proxy's cache is unavailable; try again shortly.", kind="server_error")
+def shared_down(exc: Exception) -> OpenAIError:
+    """A shared cache or quota (Redis) that fails: 503 at once, in OpenAI's shape (the cause
+    goes to the log, not to the client)."""
+    log.warning("the shared cache or quota failed: %s", str(exc).splitlines()[0])
+    error = OpenAIError(503, "The proxy's cache or quota is unavailable; try again shortly.", kind="server_error")
     error.headers = {"retry-after": "5"}
     return error
