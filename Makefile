@@ -20,11 +20,12 @@ test: $(VENV)/.installed-test redis-server
 
 # Every floor pyproject.toml declares is one the code runs on: the package and its test tools
 # at exactly their lowest allowed versions (ci/lowest.py reads them), in a venv of their own,
-# then the tests of the core (not the serve, ray, notebooks, mpnet and provider-SDK extras, which test runs
-# at the versions their floors name).
+# then the tests of the core (not the serve, ray, notebooks, mpnet and provider-SDK extras, nor the test
+# server's spec check, which test runs at the versions their floors name).
 LOWEST := .venv-lowest
 test-lowest: $(LOWEST)/.installed
-	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore tests/test_serve.py --ignore tests/test_scale.py \
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob 'tests/test_serve*.py' --ignore tests/test_scale.py \
+	  --ignore tests/test_test_server.py \
 	  --ignore tests/test_notebooks.py --ignore tests/test_mpnet.py --deselect tests/test_docs.py::test_readme_python_example_runs_as_printed \
 	  $(foreach p,voyage cohere gemini bedrock ollama,--ignore tests/test_provider_$(p).py)
 # (the README's printed frame is today's Polars drawing it: older ones draw a column narrower)
