@@ -281,3 +281,21 @@ def test_the_test_server_pages_its_lists_as_the_api_does(server):
     assert sorted(f.id for f in client.files.list(purpose="batch", limit=2)) == sorted(ids)
     with pytest.raises(openai.BadRequestError):
         client.batches.list(limit=101)
+
+
+@pytest.mark.parametrize("room", [100_000, 400_000])  # the cache fills first; the manifest does
+def test_a_full_disk_is_one_sentence_and_exit_2_never_a_traceback(server, tmp_path, corpus, room):
+    """Files may grow to ``room`` bytes (RLIMIT_FSIZE: what a full disk does to each write)."""
+    import resource
+
+    def full_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+    run = subprocess.run(command(server, tmp_path), env=env, capture_output=True, text=True, timeout=120,
+                         check=False, preexec_fn=full_disk)
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert run.returncode == 2 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "disk" in errors[0]
+    print(f"files capped at {room:,} bytes: exit {run.returncode}, {errors[0]}")

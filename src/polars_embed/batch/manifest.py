@@ -16,6 +16,7 @@ content keys and ids, no text and no key.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -23,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import CacheError
 
@@ -282,3 +284,24 @@ class Manifest:
                 return [bytes(k) for (k,) in con.execute("SELECT key FROM job_keys WHERE job = ?", (job.job,))]
             finally:
                 con.close()
+
+
+def _one_sentence(method: Any) -> Any:
+    """A manifest step that SQLite cannot take (a full disk, a read-only or damaged file) is a
+    ``CacheError`` in one sentence (exit 2 from the command), never a traceback."""
+
+    @functools.wraps(method)
+    def step(self: Manifest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            msg = (f"cannot write the batch manifest {self.path} ({exc}): make room on its disk (or mend it) and "
+                   "rerun; what was collected is cached, and batches already submitted are found again on the server")
+            raise CacheError(msg) from None
+
+    return step
+
+
+for _name in ("prepare", "set_tokens", "drop_keys", "step", "end", "live", "jobs", "add_paid", "claim_paid",
+              "settle", "release", "keys"):
+    setattr(Manifest, _name, _one_sentence(getattr(Manifest, _name)))

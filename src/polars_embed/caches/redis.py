@@ -26,7 +26,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SharedCacheError
-from ..scale.redis_link import RETRY_SECONDS, Linked, connect, redis_errors, unreachable, where
+from ..scale.redis_link import Linked, connect, redis_errors, unreachable, where
 from .base import decode_value, encode_values
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class RedisCache(Linked):
 
     def __init__(self, url: str, *, prefix: str = "polars-embed", alive_seconds: float = 5.0,
                  claim_seconds: float = 3600.0, ttl_seconds: float | None = None,
-                 retry_seconds: float = RETRY_SECONDS) -> None:
+                 retry_seconds: float | None = None) -> None:
         self.url, self.prefix, self.retry_seconds = url, prefix, retry_seconds
         self.alive_seconds, self.claim_seconds, self.ttl_seconds = alive_seconds, claim_seconds, ttl_seconds
         self._init_state()
@@ -200,6 +200,26 @@ class RedisCache(Linked):
         entries = self._call("reading its statistics", self.client.dbsize)
         return {"backend": "redis", "path": self.location, "entries": entries,
                 "bytes": info.get("used_memory"), "damaged": self.damaged, "unwritable": None}
+
+    def _values(self) -> Any:
+        return self.client.scan_iter(match=self.prefix.encode() + b":v:*", count=1000)
+
+    def entries(self) -> int:
+        """Entries of this cache (its prefix's values; Redis may hold other keys too)."""
+        return int(self._call("counting its entries", lambda: sum(1 for _ in self._values())))
+
+    def clear(self) -> int:
+        """Delete every entry of this cache (its prefix's values, nothing else); how many."""
+        def remove() -> int:
+            removed, batch = 0, []
+            for key in self._values():
+                batch.append(key)
+                if len(batch) == CHUNK:
+                    removed += self.client.unlink(*batch)
+                    batch = []
+            return removed + (self.client.unlink(*batch) if batch else 0)
+
+        return int(self._call("deleting its entries", remove))
 
     def ledger_path(self) -> Path | None:
         """No directory of its own: the ledger stays on the machine of the run (the default one)."""

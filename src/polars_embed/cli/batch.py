@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..errors import ConfigurationError, ProviderError
-from .common import EXIT_OK, add_common
+from .common import EXIT_OK, add_common, on_this_machine
 
 
 def add_parser(sub: Any) -> None:
@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
     cancel.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="batches to cancel (default: with --all)")
     cancel.add_argument("--all", action="store_true", help="cancel every live batch of the manifest")
     for p in (status, cancel):
-        p.add_argument("--cache", default=None, metavar="DIR", help="cache directory whose manifest to read")
+        p.add_argument("--cache", default=None, metavar="DIR", help="cache directory whose manifest to read (a redis:// cache's runs keep theirs in this machine's default one)")
         p.add_argument("--base-url", default=None, help="the server of the batches (default: $OPENAI_BASE_URL or OpenAI)")
         add_common(p)
 
@@ -35,7 +35,7 @@ def command(args: argparse.Namespace) -> int:
     from ..batch.manifest import Manifest
     from ..caches import default_cache_dir
 
-    path = Path(args.cache or default_cache_dir()) / "batches.sqlite"
+    path = Path(on_this_machine(args.cache) or default_cache_dir()) / "batches.sqlite"
     if not path.exists():
         print(f"no batch jobs: {path} does not exist (pass the --cache DIR the run used)")
         return EXIT_OK

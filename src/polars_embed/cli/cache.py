@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-from ..errors import CacheError
+from ..errors import CacheError, ConfigurationError
 from .common import EXIT_OK, EXIT_USAGE, add_common, confirmed
 
 
@@ -16,7 +16,7 @@ def add_parser(sub: Any) -> None:
     cache_sub = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("stats", "entries, bytes and path of the cache"), ("clear", "remove every entry")):
         p = cache_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
-        p.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: $POLARS_EMBED_CACHE or the user cache dir)")
+        p.add_argument("--cache", default=None, metavar="DIR", help="cache directory or redis://host:port/db (default: $POLARS_EMBED_CACHE or the user cache dir)")
         if action == "clear":
             p.add_argument("--yes", "-y", action="store_true", help="do not ask before deleting (needed without a terminal)")
             p.add_argument("--force", action="store_true",
@@ -42,8 +42,11 @@ def command(args: argparse.Namespace) -> int:
     import polars as pl
 
     from ..caches import DiskCache
+    from ..scale.redis_link import is_redis_url
     from ..show import for_terminal
 
+    if is_redis_url(args.cache):
+        return redis_command(args)
     cache = DiskCache(args.cache)
     try:
         if args.action == "stats":
@@ -70,3 +73,26 @@ def command(args: argparse.Namespace) -> int:
     finally:
         cache.close()
     return EXIT_OK
+
+
+def redis_command(args: argparse.Namespace) -> int:
+    """``stats`` and ``clear`` of a cache in Redis (this library's entries only); ``prune``
+    refused: Redis keeps no entry's age."""
+    from ..caches.redis import RedisCache
+
+    cache = RedisCache(args.cache)
+    try:
+        if args.action == "prune":
+            raise ConfigurationError(f"cache prune cannot age the entries of {cache.location}: Redis keeps no entry's "
+                                     "age; let Redis expire them (maxmemory-policy allkeys-lru) or clear them")
+        if args.action == "stats":
+            st = cache.stats()
+            print(f"path     {st['path']}\nentries  {cache.entries():,}\nbytes    {st['bytes']:,} (the whole Redis)")
+            return EXIT_OK
+        if not confirmed(args, f"delete every entry of the cache in {cache.location}? Paid vectors are lost [y/N] "):
+            print("nothing deleted", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"removed {cache.clear():,} entries from {cache.location} (its other keys are left)")
+        return EXIT_OK
+    finally:
+        cache.close()

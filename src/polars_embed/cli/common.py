@@ -123,3 +123,17 @@ def exit_code(exc: PolarsEmbedError) -> int:
     if isinstance(exc, ProviderError):
         return EXIT_PROVIDER
     return EXIT_USAGE
+
+
+def on_this_machine(cache: str | None) -> str | None:
+    """The directory of ``--cache`` for what a run keeps beside its cache (the ledger, the batch
+    manifest): a run with a redis:// cache keeps them in this machine's default directory
+    (None, said once), never in a folder named after the URL."""
+    from ..scale.redis_link import is_redis_url, where
+
+    if is_redis_url(cache):
+        from ..caches import default_cache_dir
+
+        log.info(f"runs with --cache {where(str(cache))} keep this on the machine that ran them: {default_cache_dir()}")
+        return None
+    return cache

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LimiterError
-from ..scale.redis_link import RETRY_SECONDS, Linked, connect, redis_errors, unreachable, where
+from ..scale.redis_link import Linked, connect, redis_errors, unreachable, where
 from .base import MIN_TPM, header_number
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class RedisLimiter(Linked):
     names the same Redis and ``scope`` (an endpoint and model: a quota is per model)."""
 
     def __init__(self, url: str, rpm: float | None = None, tpm: float | None = None, *, scope: str = "default",
-                 prefix: str = "polars-embed", retry_seconds: float = RETRY_SECONDS) -> None:
+                 prefix: str = "polars-embed", retry_seconds: float | None = None) -> None:
         self.url, self.scope, self.prefix, self.retry_seconds = url, scope, prefix, retry_seconds
         self.configured = (rpm or None, tpm or None)
         self.rpm, self.tpm = rpm or None, tpm or None

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import threading
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,11 +62,12 @@ class EmbedBatch:
     record of their own (``ledger=False``: a job records one run, not one per batch).
     """
 
-    def __init__(self, column: str = "text", *, name: str = "embedding", **embedder: Any) -> None:
+    def __init__(self, column: str = "text", *, name: str = "embedding", budget: Any = None, **embedder: Any) -> None:
         embedder.setdefault("on_error", "null")
         embedder.setdefault("ledger", False)
         embedder.setdefault("source", "ray")
         self.column, self.name = column, name
+        self.budget = budget  # the run's max_cost, shared by every actor (``redis_budget.RedisBudget``)
         self.embedder = Embedder(**embedder)
         self._lock = threading.Lock()
         self._runs: set[Run] = set()  # batches being embedded right now (an actor may take several at once)
@@ -90,6 +92,7 @@ class EmbedBatch:
         assert isinstance(text, pl.DataFrame)
         emb = self.embedder
         run = emb.start_run()
+        run.budget = self.budget
         with self._lock:
             self._runs.add(run)
         try:
@@ -137,17 +140,18 @@ def embed_dataset(ds: Any, column: str = "text", *, name: str = "embedding", act
     import ray
     import ray.data
 
-    n, cpus, options = for_actors(embedder, ray.cluster_resources().get("CPU", 1.0), actors)
+    n, cpus, options = for_actors(embedder, ray.cluster_resources().get("CPU", 1.0), actors, uuid.uuid4().hex)
     return ds.map_batches(EmbedBatch, fn_constructor_kwargs={"column": column, "name": name, **options},
                           batch_size=batch_rows, batch_format="pyarrow", zero_copy_batch=True,
                           compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus)
 
 
-def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None) -> tuple[int, float, dict[str, Any]]:
+def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None,
+               run_id: str) -> tuple[int, float, dict[str, Any]]:
     """How many actors, their CPUs (``actor_resources``), and ``options`` as every actor needs
     them on any node: the endpoint, key and cache directory this process resolved from its
-    environment (a node's environment is not the driver's), and a share of ``max_cost``
-    each. No request is made."""
+    environment (a node's environment is not the driver's), and ``max_cost`` as one budget
+    in the Redis they share, for run ``run_id``. No request is made."""
     from ..caches import default_cache_dir
     from .redis_link import is_redis_url
 
@@ -163,8 +167,7 @@ def for_actors(options: dict[str, Any], cluster_cpus: float, actors: int | None)
     key = options.get("api_key") or (os.environ.get("OPENAI_API_KEY") if probe.provider.name == "openai" else None)
     if key:
         resolved["api_key"] = key
-    if options.get("max_cost") is not None:  # each actor keeps its own budget: together, at most the whole
-        resolved["max_cost"] = options["max_cost"] / n
+    one_budget(options, resolved, n, run_id)
     cache = options.get("cache")
     if cache is None or cache is True:
         resolved["cache"] = str(default_cache_dir())
@@ -185,4 +188,23 @@ def one_quota(options: dict[str, Any], actors: int | None) -> None:
     if (options.get("rpm") or options.get("tpm")) and actors != 1 and not is_redis_url(options.get("limiter")):
         msg = ("--rpm/--tpm with several Ray actors need --limiter redis://host:port/db (one quota for all of "
                "them; each would otherwise keep the whole quota to itself), or --actors 1")
+        raise ConfigurationError(msg)
+
+
+def one_budget(options: dict[str, Any], resolved: dict[str, Any], actors: int, run_id: str) -> None:
+    """``max_cost`` as one budget in Redis for every actor of the run (a restarted one joins it,
+    where a budget of its own would start again from nothing); with several actors and no
+    Redis, refused: their budgets could not add up to the user's."""
+    from .redis_budget import RedisBudget
+    from .redis_link import is_redis_url
+
+    if options.get("max_cost") is None:
+        return
+    shared = next((u for u in (options.get("limiter"), options.get("cache")) if is_redis_url(u)), None)
+    if shared is not None:
+        resolved["budget"] = RedisBudget(str(shared), run_id, options["max_cost"])
+        del resolved["max_cost"]
+    elif actors != 1:
+        msg = ("--max-cost with several Ray actors needs --limiter redis://host:port/db (or --cache redis://...): "
+               "one budget for all of them, which an actor started again joins; or --actors 1")
         raise ConfigurationError(msg)

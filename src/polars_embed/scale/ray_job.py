@@ -184,7 +184,7 @@ def run(
         r.on_progress = on_progress
         import ray
 
-        n, cpus, options = for_actors(options, ray.cluster_resources().get("CPU", 1.0), actors)
+        n, cpus, options = for_actors(options, ray.cluster_resources().get("CPU", 1.0), actors, r.run_id)
         book = Accounts(embedder, r, column, name)
         writer: pq.ParquetWriter | None = None
         pool: Actors | None = None

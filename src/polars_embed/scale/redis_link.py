@@ -2,13 +2,17 @@
 
 A Redis that restarts, or a network that blinks, is ridden through: each command is
 retried with backoff for about ``RETRY_SECONDS``; after that the caller gets one sentence
-naming the Redis (its password left out) and what was being done.
+naming the Redis (its password left out) and what was being done, and until a command
+succeeds again the others on that Redis are tried once, not retried: a run stops about
+``RETRY_SECONDS`` after Redis went away (12 s measured), not that again for each claim
+it releases on the way out.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,8 +46,9 @@ def where(url: str) -> str:
         return url.partition("://")[0] + "://***"
 
 
-def connect(url: str, retry_seconds: float = RETRY_SECONDS) -> Any:
-    """A redis-py client for ``url`` that retries through a restart for about ``retry_seconds``."""
+def connect(url: str, retry_seconds: float | None = None) -> Any:
+    """A redis-py client for ``url`` that retries through a restart for about ``retry_seconds``
+    (default ``RETRY_SECONDS``)."""
     try:
         import redis
         from redis.backoff import ExponentialBackoff
@@ -51,7 +56,8 @@ def connect(url: str, retry_seconds: float = RETRY_SECONDS) -> Any:
     except ImportError as exc:
         msg = f"{where(url)} needs redis-py: pip install 'polars-embed[redis]'"
         raise ConfigurationError(msg) from exc
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(retry_seconds) + 4 if retry_seconds >= 1 else 1)
+    seconds = RETRY_SECONDS if retry_seconds is None else retry_seconds
+    retry = _retry_class(Retry)(url, ExponentialBackoff(cap=1.0, base=0.05), retries=int(seconds) + 4 if seconds >= 1 else 1)
     try:
         return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2, retry=retry,
                                     retry_on_error=[redis.ConnectionError, redis.TimeoutError],
@@ -61,9 +67,56 @@ def connect(url: str, retry_seconds: float = RETRY_SECONDS) -> Any:
         raise ConfigurationError(msg) from exc
 
 
+#: Redis URLs on which a command has just given up: their commands are tried once, not
+#: retried, until one succeeds (a run that is stopping does not wait the retries again for each
+#: claim it releases; a proxy answers 503 at once).
+_GONE: set[str] = set()
+
+
+def _retry_class(base: type) -> type:
+    """redis-py's ``Retry`` with the loop written here (the same in every redis-py version):
+    a connection error or timeout is retried with backoff for ``retries`` tries; once a
+    command has given up on ``url``, every command on it, those retrying already included,
+    gives up at its next failure, until one succeeds."""
+
+    class Retry(base):  # type: ignore[valid-type, misc]
+        def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._url = url
+
+        def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+            import redis
+
+            counted = kwargs.get("with_failure_count") or (len(args) > 1 and args[1])
+            failures = 0
+            while True:
+                try:
+                    result = do()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    failures += 1
+                    if counted:
+                        fail(exc, failures)  # the connection is dropped: the next try opens one
+                    else:
+                        fail(exc)
+                    if self._url in _GONE or failures > self._retries:
+                        _GONE.add(self._url)
+                        raise
+                    time.sleep(self._backoff.compute(failures))
+                    continue
+                _GONE.discard(self._url)
+                return result
+
+    return Retry
+
+
 def unreachable(url: str, exc: BaseException, doing: str) -> str:
-    """One sentence: which Redis, what was being done, what it said."""
+    """One sentence: which Redis, what was being done, what it said, and what to do: a full
+    Redis (``maxmemory`` with ``noeviction``) answers, so waiting for it does not help."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if reason.startswith("OOM") or type(exc).__name__ == "OutOfMemoryError":
+        return (f"the Redis at {where(url)} is full (its maxmemory, with maxmemory-policy noeviction) while {doing}: "
+                f"raise its maxmemory, let it evict (maxmemory-policy allkeys-lru), or clear this library's entries "
+                f"(polars-embed cache clear --cache URL)")
     return f"the Redis at {where(url)} failed while {doing} ({reason}); rerun once it answers again"
 
 
@@ -78,7 +131,7 @@ class Linked:
     holds one pickles as its settings and opens its own connection where it lands."""
 
     url: str
-    retry_seconds: float = RETRY_SECONDS
+    retry_seconds: float | None = None  # None: RETRY_SECONDS
     _client: Any
     _lock: threading.Lock
 
