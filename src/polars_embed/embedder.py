@@ -383,7 +383,7 @@ class Embedder(Figures):
         finally:  # whatever happened, the texts are free for other calls and workers again
             self._inflight.release(claim, [c.keys[i] for i in mine])
             release_shared(c.cache, [c.keys[i] for i in ours])
-        again = wait_shared(c.cache, c, elsewhere, c.run.stopping)
+        again = wait_shared(c.cache, c, elsewhere + sorted(getattr(fetch, "lost", ())), c.run.stopping)  # taken over
         for i, other in theirs:
             value = other.wait(c.keys[i])
             if value is None:  # not handed over: the cache may have it, else it is fetched here

@@ -273,6 +273,18 @@ class RedisCache(Linked):
             raise
         return won
 
+    def fence(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each claim on ``keys`` is still this worker's, asked right before a request
+        leaves: a worker paused past its heartbeat (a VM pause, SIGSTOP, a swap storm) may
+        have had them taken over, and then sends none of them."""
+        self._own()
+        me = self.worker.encode()
+        held: list[bool] = []
+        for start in range(0, len(keys), CHUNK):
+            chunk = [self._claim_key(k) for k in keys[start : start + CHUNK]]
+            held += [v == me for v in self._call("checking its claims", self.client.mget, chunk)]
+        return held
+
     def release(self, keys: Sequence[bytes], *, raw: bool = False) -> None:
         """Drop this worker's claims on ``keys`` (best effort: a claim left behind is taken
         over once this worker's heartbeat stops)."""

@@ -45,3 +45,26 @@ class Budget:
             return
         with self._lock:
             self.committed += actual - estimate
+
+
+class Budgets:
+    """Several budgets reserved and settled together: a call's own (a proxy key's, a run's in
+    Redis) and the embedder's. A reservation one refuses is given back to the others."""
+
+    def __init__(self, *budgets: Any) -> None:
+        self.budgets = [b for b in budgets if b is not None]
+        #: a limit in any: requests are then counted before they leave (their estimate is reserved)
+        self.max_cost = 0.0 if any(b.max_cost is not None for b in self.budgets) else None
+
+    def reserve(self, estimate: float) -> None:
+        for n, budget in enumerate(self.budgets):
+            try:
+                budget.reserve(estimate)
+            except BaseException:
+                for done in self.budgets[:n]:
+                    done.settle(estimate, 0.0)
+                raise
+
+    def settle(self, estimate: float, actual: float) -> None:
+        for budget in self.budgets:
+            budget.settle(estimate, actual)

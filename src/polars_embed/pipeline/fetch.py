@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CacheError, ProviderError, RequestRefusedError
+from .budget import Budgets
+from .inflight import Fenced
 from .pack import schedule
 from .runner import Stopped, status_of
+from .stats import apportion
 from .tokens import Piece, long_texts, prepare_inputs
 
 if TYPE_CHECKING:
@@ -101,7 +104,7 @@ class Fetch:
         stop: threading.Event | None = None, budget: Any = None,
     ) -> None:
         self.stage, self.cache = stage, cache
-        self.budgets = [b for b in (budget, stage.budget) if b is not None]
+        self.budget = Budgets(budget, stage.budget)
         self.texts, self.keys, self.todo = texts, keys, todo
         self.results, self.stats = results, stats
         self.describe, self.on_stored = describe, on_stored
@@ -112,6 +115,7 @@ class Fetch:
         self.head: Future[None]
         self.uncounted: list[list[Piece]] = []  # requests sent before their tokens were counted
         self.counted: dict[tuple[int, int, int], list[Piece]] = {}  # ... and their counts
+        self.lost: set[int] = set()  # texts whose claims another worker took over (``fenced``): its to send
         self._lock = threading.Lock()
 
     # -- schedule ----------------------------------------------------------------------------
@@ -197,7 +201,7 @@ class Fetch:
         server works while the client counts. Only once the quota is known to have no
         tokens/min limit and without ``max_cost``: both need the count before sending."""
         stage = self.stage
-        if not self.head.done() or stage.runner.limiter.tpm or any(b.max_cost is not None for b in self.budgets):
+        if not self.head.done() or stage.runner.limiter.tpm or self.budget.max_cost is not None:
             return None
         texts = [self.texts[i] for i in idx]
         sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
@@ -262,17 +266,23 @@ class Fetch:
             raise Stopped("the run was stopped")
         tokens = sum(max(0, p.tokens) for p in batch)  # counted, unless there is neither tpm nor a budget
         estimate = tokens * stage.price / 1e6
-        self.reserve(estimate)
+        self.budget.reserve(estimate)
         embed: Any = stage.provider.embed
         extra = {"stop": self.stop} if getattr(stage.provider, "stops_between_batches", False) else {}  # a local model
         send = functools.partial(embed, [p.text for p in batch], **extra)
         try:
-            result = stage.runner.call(send, tokens, self.on_retry, self.stop)
+            result = stage.runner.call(functools.partial(self.fenced, send, batch), tokens, self.on_retry, self.stop)
+        except Fenced as taken:
+            self.budget.settle(estimate, 0.0)
+            with self._lock:
+                self.lost.update(taken.owners)
+            rest = [p for p in batch if p.owner not in taken.owners]
+            return self.attempt(rest) if rest else None
         except Stopped:
-            self.settle(estimate, 0.0)
+            self.budget.settle(estimate, 0.0)
             raise
         except ProviderError as exc:
-            self.settle(estimate, 0.0)
+            self.budget.settle(estimate, 0.0)
             if not exc.blames_input:
                 raise
             with self._lock:
@@ -282,21 +292,20 @@ class Fetch:
         try:
             self.finish(batch, result)  # stored first: a budget that fails to settle loses no paid vector
         finally:
-            self.settle(estimate, result.billed_tokens * stage.price / 1e6)
+            self.budget.settle(estimate, result.billed_tokens * stage.price / 1e6)
         return None
 
-    def reserve(self, estimate: float) -> None:
-        """Reserve a request's estimate on every budget, or on none (``BudgetExceededError``)."""
-        for n, budget in enumerate(self.budgets):
-            try:
-                budget.reserve(estimate)
-            except BaseException:
-                self.settle(estimate, 0.0, self.budgets[:n])
-                raise
-
-    def settle(self, estimate: float, actual: float, budgets: list[Any] | None = None) -> None:
-        for budget in self.budgets if budgets is None else budgets:
-            budget.settle(estimate, actual)
+    def fenced(self, send: Callable[[], BatchResult], batch: list[Piece]) -> BatchResult:
+        """``send()``, once the cache says the batch's claims are still this worker's (``fence``,
+        asked right before each try): a worker paused past its heartbeat whose texts another
+        worker took over sends none of them (``Fenced``), so it pays twice at most what it had
+        in flight when it was paused."""
+        fence = getattr(self.cache, "fence", None)
+        if callable(fence):
+            mine = fence([self.keys[p.owner] for p in batch])
+            if not all(mine):
+                raise Fenced({p.owner for p, m in zip(batch, mine) if not m})
+        return send()
 
     def bisect(self, batch: list[Piece], refused: ProviderError, *, rows_at_fault: bool = False) -> None:
         """A request refused for one of its inputs: each half is sent again, down to the row.
@@ -384,17 +393,3 @@ class Fetch:
                 self.stage.warn_once(f"polars-embed: {exc}; what is fetched is returned but not cached")
         if self.on_stored is not None:
             self.on_stored(items, done.tolist(), result.billed_tokens)
-
-
-def apportion(total: int, weights: np.ndarray) -> np.ndarray:
-    """``total`` split in whole numbers in proportion to ``weights``, summing to ``total``
-    exactly (largest remainders get the leftover units)."""
-    whole = int(weights.sum())
-    if whole <= 0:
-        return np.zeros_like(weights)
-    raw = total * weights.astype(np.float64) / whole
-    out = np.floor(raw).astype(np.int64)
-    left = total - int(out.sum())
-    if left > 0:
-        out[np.argsort(out - raw, kind="stable")[:left]] += 1
-    return out

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PolarsEmbedError
+
 
 class Claim:
     """The texts one call fetches. The event is set when the whole fetch has ended (one
@@ -108,3 +110,11 @@ def wait_shared(cache: Any, c: Any, elsewhere: list[int], stop: threading.Event)
     c.from_cache[stored[good]] = True
     c.stats.cache_damaged += int((~good).sum())
     return [elsewhere[pos] for pos in reclaimed] + stored[~good].tolist()
+
+
+class Fenced(PolarsEmbedError):
+    """Texts of a request whose claims are no longer this worker's (never leaves ``Fetch``)."""
+
+    def __init__(self, owners: set[int]) -> None:
+        super().__init__(f"{len(owners)} texts were taken over by another worker")
+        self.owners = owners

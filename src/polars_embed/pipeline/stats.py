@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import polars as pl
 
 
@@ -116,3 +117,17 @@ class StatsBook:
         with self._lock:
             rows = [{"scope": "last run", **self.last.as_dict()}, {"scope": "total", **self.total.as_dict()}]
         return pl.DataFrame(rows)
+
+
+def apportion(total: int, weights: np.ndarray) -> np.ndarray:
+    """``total`` split in whole numbers in proportion to ``weights``, summing to ``total``
+    exactly (largest remainders get the leftover units)."""
+    whole = int(weights.sum())
+    if whole <= 0:
+        return np.zeros_like(weights)
+    raw = total * weights.astype(np.float64) / whole
+    out = np.floor(raw).astype(np.int64)
+    left = total - int(out.sum())
+    if left > 0:
+        out[np.argsort(out - raw, kind="stable")[:left]] += 1
+    return out
