@@ -7,6 +7,7 @@ https://platform.openai.com/docs/api-reference/files
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,9 @@ from ..pipeline.runner import is_retryable
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: The metadata field naming the manifest's job a batch was created for.
-JOB_FIELD = "polars_embed_job"
+#: The metadata fields naming the manifest's job a batch was created for, and the identity
+#: tag of its vectors (``mode.batch_tag``): how a batch is found when no manifest knows it.
+JOB_FIELD, TAG_FIELD = "polars_embed_job", "polars_embed_tag"
 
 
 class BatchAPI:
@@ -43,10 +45,36 @@ class BatchAPI:
         client = self.provider.client()
         return self.call(lambda: client.files.create(file=(filename, data), purpose="batch")).id
 
-    def create(self, file_id: str, job: str) -> str:
+    def create(self, file_id: str, job: str, tag: str = "") -> str:
         client = self.provider.client()
+        metadata = {JOB_FIELD: job, TAG_FIELD: tag[:512]} if tag else {JOB_FIELD: job}  # values: 512 chars at most
         return self.call(lambda: client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings",
-                                                       completion_window="24h", metadata={JOB_FIELD: job})).id
+                                                       completion_window="24h", metadata=metadata)).id
+
+    def recent(self, seconds: float) -> list[Any]:
+        """The batches created in the last ``seconds`` (the list is newest first: paging stops there)."""
+        client = self.provider.client()
+        since = time.time() - seconds
+
+        def read() -> list[Any]:
+            found = []
+            for batch in client.batches.list(limit=100):
+                if batch.created_at < since:
+                    break
+                found.append(batch)
+            return found
+
+        return self.call(read)  # type: ignore[no-any-return]
+
+    def input_keys(self, file_id: str) -> list[bytes]:
+        """The content keys of a batch's input file (each line's ``custom_id``)."""
+        keys = []
+        for raw in self.content(file_id).splitlines():
+            try:
+                keys.append(bytes.fromhex(json.loads(raw)["custom_id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return keys
 
     def retrieve(self, batch_id: str) -> Any:
         client = self.provider.client()

@@ -28,6 +28,8 @@ from ..pipeline.fetch import Stopped
 from ..pipeline.tokens import long_texts, prepare_inputs
 from .api import BatchAPI
 from .lines import read_output, request_line
+from .mode import batch_tag
+from .recover import recover
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -42,19 +44,6 @@ if TYPE_CHECKING:
 TERMINAL = ("completed", "expired", "cancelled", "failed")
 log = logging.getLogger("polars_embed")
 
-
-
-def batch_tag(stage: Stage) -> str:
-    """What the manifest files this embedder's jobs under: ``provider:model:dims@namespace``
-    (as before identities, so pending jobs of today's default identities are found), with
-    the identity's fingerprint when it has more fields (a role, a policy): a job's vectors
-    are taken only by the identity that sent it."""
-    identity = stage.identity
-    if identity is None:
-        return f"{stage.tag}@{getattr(stage.provider, 'cache_namespace', '')}"
-    tag = f"{stage.tag}@{identity.namespace}"
-    extended = identity.role or identity.prefix or identity.params or identity.long_input
-    return f"{tag}#{identity.fingerprint()}" if extended else tag
 
 
 class BatchFetch:
@@ -197,7 +186,7 @@ class BatchFetch:
 
     def create(self, job: Job) -> None:
         self.manifest.step(job, "creating")
-        batch_id = self.api.create(job.file_id or "", job.job)
+        batch_id = self.api.create(job.file_id or "", job.job, self.tag)
         self.manifest.step(job, "submitted", batch_id=batch_id)
         self.batch_ids.append(batch_id)
         log.info(f"batch {batch_id} submitted: {job.lines:,} texts, {job.tokens:,} tokens")
@@ -206,6 +195,7 @@ class BatchFetch:
     def attach(self) -> list[Job]:
         """The manifest's live jobs holding texts of this call (cached ones too: their cost
         is still to be shown), each taken up where it stopped."""
+        recover(self.api, self.manifest, self.tag, set(self.queued), {k: p.tokens for k, p in self.want.items()})
         live = []
         mine = set(self.keys)
         for job in self.manifest.live(self.tag):

@@ -176,6 +176,22 @@ class Manifest:
                 con.close()
         return job, [k for k in keys if k in held]
 
+    def adopt(self, tag: str, job: str, batch_id: str, file_id: str, keys: list[bytes], tokens: int) -> None:
+        """A batch no manifest here knew, found on the server (``recover.py``): recorded as
+        submitted, with its texts, so it is polled and collected as if sent from here."""
+        now = time.time()
+        with self._lock:
+            con = self._connect()
+            try:
+                with con:
+                    new = con.execute("INSERT OR IGNORE INTO jobs (job, tag, state, file_id, batch_id, lines, tokens, "
+                                      "created, updated, pid) VALUES (?, ?, 'submitted', ?, ?, ?, ?, ?, ?, ?)",
+                                      (job, tag, file_id, batch_id, len(keys), tokens, now, now, os.getpid())).rowcount
+                    if new:  # another process here may have recorded it just now
+                        con.executemany("INSERT INTO job_keys (job, key) VALUES (?, ?)", ((job, k) for k in keys))
+            finally:
+                con.close()
+
     @staticmethod
     def _held(con: sqlite3.Connection) -> set[bytes]:
         marks = ",".join("?" * len(LIVE))
@@ -302,6 +318,6 @@ def _one_sentence(method: Any) -> Any:
     return step
 
 
-for _name in ("prepare", "set_tokens", "drop_keys", "step", "end", "live", "jobs", "add_paid", "claim_paid",
+for _name in ("prepare", "adopt", "set_tokens", "drop_keys", "step", "end", "live", "jobs", "add_paid", "claim_paid",
               "settle", "release", "keys"):
     setattr(Manifest, _name, _one_sentence(getattr(Manifest, _name)))

@@ -11,6 +11,7 @@ from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ..caches import Cache
+    from ..pipeline.fetch import Stage
     from .manifest import Manifest
 
 
@@ -102,3 +103,16 @@ def batch_mode(provider: Any, mode: str, settings: BatchSettings | None, on_long
     if on_long_input == "chunk":
         raise ConfigurationError("mode='batch' sends one line per text, so not on_long_input='chunk': use 'truncate' or 'error'")
     return BatchMode(settings or BatchSettings())
+
+
+def batch_tag(stage: Stage) -> str:
+    """What the manifest files this embedder's jobs under: ``provider:model:dims@namespace``
+    (as before identities, so pending jobs of today's default identities are found), with
+    the identity's fingerprint when it has more fields (a role, a policy): a job's vectors
+    are taken only by the identity that sent it."""
+    identity = stage.identity
+    if identity is None:
+        return f"{stage.tag}@{getattr(stage.provider, 'cache_namespace', '')}"
+    tag = f"{stage.tag}@{identity.namespace}"
+    extended = identity.role or identity.prefix or identity.params or identity.long_input
+    return f"{tag}#{identity.fingerprint()}" if extended else tag
