@@ -24,7 +24,7 @@ test: $(VENV)/.installed-test redis-server
 # server's spec check, which test runs at the versions their floors name).
 LOWEST := .venv-lowest
 test-lowest: $(LOWEST)/.installed
-	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob 'tests/test_serve*.py' --ignore tests/test_scale.py \
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore-glob 'tests/test_serve*.py' --ignore-glob 'tests/test_scale*.py' \
 	  --ignore tests/test_test_server.py \
 	  --ignore tests/test_notebooks.py --ignore tests/test_mpnet.py --deselect tests/test_docs.py::test_readme_python_example_runs_as_printed \
 	  $(foreach p,voyage cohere gemini bedrock ollama,--ignore tests/test_provider_$(p).py)

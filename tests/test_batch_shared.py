@@ -56,6 +56,7 @@ def test_a_manifest_deleted_with_a_batch_pending_re_sends_nothing(server, tmp_pa
 
 
 def test_detached_on_one_machine_collected_by_another_each_text_billed_once(server, tmp_path, corpus):
+    pytest.importorskip("redis")  # the redis extra (make test installs it; the lowest-versions job does not)
     server.batch_api.faults.seconds = 1.5
     with RedisServer() as redis:
         a = run(server, tmp_path, "a.parquet", redis.url, "host-a", "--detach")

@@ -454,7 +454,7 @@ def test_an_actor_killed_mid_run_costs_at_most_its_requests_in_flight(tmp_path, 
 
 
 def test_a_failing_actor_stops_the_job_and_the_ledger_counts_what_was_paid(tmp_path, redis):
-    """--max-cost is split between the actors; the first to reach its share stops the job
+    """--max-cost is one budget in Redis for every actor; the first to meet it stops the job
     (exit 3), the others stop sending, and the run's record has every token billed."""
     texts = [f"budget text {i} " + "word " * 20 for i in range(4000)]
     src = tmp_path / "in.parquet"
