@@ -62,7 +62,7 @@ def add_parser(sub: Any) -> None:
                      "this machine, else a Ray started for this run)")
     run.add_argument("--actors", type=int, default=None,
                      help="with --engine ray: actors (default: one per CPU up to 4 for a network model, one per CPU "
-                     "for a local one); --max-cost is split evenly between them")
+                     "for a local one); --max-cost is one budget for them all, kept in the --limiter (or --cache) Redis")
     add_common(run, bar=True)
 
 
