@@ -102,7 +102,7 @@ class Proxy:
         from ..caches import open_cache
         from ..caches.redis import RedisCache
         from ..ledger import open_ledger
-        from ..scale.redis_link import is_redis_url
+        from ..scale.redis_link import is_redis_url, where
         from ..validate import check_number, check_settings
 
         check_settings(rpm=config.rpm, tpm=config.tpm, price_per_million=None, max_cost=None, max_attempts=8,
@@ -115,6 +115,8 @@ class Proxy:
         if config.on_long_input not in ("error", "truncate"):
             msg = f"on_long_input must be 'error' or 'truncate' for the proxy, got {config.on_long_input!r}"
             raise ConfigurationError(msg)
+        if config.limiter is not None and not is_redis_url(config.limiter):
+            raise ConfigurationError(f"--limiter must be a redis:// URL (the Redis proxies share), got {where(config.limiter)!r}")
         self.config = config
         self.metrics = metrics
         self.started = time.time()
