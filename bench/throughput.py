@@ -1,6 +1,10 @@
 """Throughput at the quota, side by side in one run (not a test: it prints figures).
 
     python bench/throughput.py [--rows 20000] [--dims 256] [--time-scale 10]
+    python bench/throughput.py --dims 1536 --mean-log 2.6   # text-embedding-3-small at its own size
+
+It ends with where polars-embed's time goes in each phase: wall, this process's CPU and the
+server's, and the wall against the floor that both processes' CPU sets on this machine.
 
 One local server process with a latency model (150 ms + 2 ms per 1k tokens) serves every
 contender the same corpus (30% duplicates, long-tailed lengths):
@@ -27,6 +31,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -65,16 +70,41 @@ def reset(**config: object) -> None:
     admin("/_admin/reset", {})
 
 
-def polars_embed_run(texts: list[str], dims: int, cache: str, **kw: object) -> tuple[float, Embedder, pl.DataFrame]:
+#: Per phase of polars-embed's runs: (wall s, client CPU s, server CPU s), for the CPU table.
+CPU: dict[str, list[tuple[float, float, float]]] = {}
+SERVER_PID = 0
+
+
+def client_cpu() -> float:
+    """CPU seconds of this process, every thread."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def server_cpu() -> float:
+    """CPU seconds of the server process (utime + stime from /proc; 0 where there is none)."""
+    try:
+        with open(f"/proc/{SERVER_PID}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def polars_embed_run(texts: list[str], dims: int, cache: str, phase: str | None = None,
+                     **kw: object) -> tuple[float, Embedder, pl.DataFrame]:
     emb = Embedder(MODEL, base_url=BASE + "/v1", api_key="bench", dimensions=dims, cache=cache, **kw)
-    t = time.perf_counter()
+    c, s, t = client_cpu(), server_cpu(), time.perf_counter()
     out = emb.embed(pl.Series("text", texts))
-    return time.perf_counter() - t, emb, out
+    wall = time.perf_counter() - t
+    if phase is not None:
+        CPU.setdefault(phase, []).append((wall, client_cpu() - c, server_cpu() - s))
+    return wall, emb, out
 
 
 def warm_run(texts: list[str], dims: int, cache: str) -> float:
     """A rerun by a fresh Embedder (as a rerun of a script would be), closed afterwards."""
-    wall, emb, out = polars_embed_run(texts, dims, cache)
+    wall, emb, out = polars_embed_run(texts, dims, cache, "warm")
     emb.close()
     del out
     return wall
@@ -148,9 +178,11 @@ def main() -> None:
     args = parser.parse_args()
     texts = corpus(args.rows, max_words=400, mean_log=args.mean_log)
     n = len(texts)
+    global SERVER_PID
     server = subprocess.Popen(
         [sys.executable, "-m", "polars_embed.testing.server", "--port", str(PORT), "--latency", "0.15",
          "--latency-per-1k", "0.002", "--time-scale", str(args.time_scale)], stdout=subprocess.DEVNULL)
+    SERVER_PID = server.pid
     time.sleep(2)
     rows: list[dict[str, object]] = []
     try:
@@ -166,7 +198,7 @@ def main() -> None:
             colds, seqs = [], []
             for k in range(ROUNDS):
                 reset()
-                cold, emb, out = polars_embed_run(texts, args.dims, f"{d}/pe{k}")
+                cold, emb, out = polars_embed_run(texts, args.dims, f"{d}/pe{k}", "cold")
                 s = admin("/_admin/stats")
                 assert correct(out, texts, args.dims)
                 emb.close()
@@ -203,7 +235,7 @@ def main() -> None:
 
             # -- rate-limited --------------------------------------------------------------
             reset(rpm=3000, tpm=1_000_000, start_empty=True)
-            wall, emb, out = polars_embed_run(texts, args.dims, f"{d}/pe-rl")
+            wall, emb, out = polars_embed_run(texts, args.dims, f"{d}/pe-rl", "rate-limited")
             emb.close()
             s = admin("/_admin/stats")
             ideal = s["billed_tokens"] / (1_000_000 * args.time_scale) * 60.0
@@ -254,6 +286,13 @@ def main() -> None:
     print(f"  warm rerun: {pe['warm rows/s'] / fl['warm rows/s']:.2f}x the raw floor (target >= 0.7)")
     print(f"  faulty: every row correct {faulty['correct']}; billed {faulty['billed'] / billed_clean:.3f}x the "
           f"fault-free run (target <= 1.05); {faulty['retries']} retries")
+    print("\nwhere the time goes (polars-embed; medians of each phase's runs; the floor is both processes' CPU "
+          f"spread over {os.cpu_count()} cores)")
+    for phase, runs in CPU.items():
+        wall, client, srv = (median(r[i] for r in runs) for i in range(3))
+        floor = (client + srv) / (os.cpu_count() or 1)
+        print(f"  {phase:<13} wall {wall:6.2f} s  client CPU {client:6.2f} s  server CPU {srv:5.2f} s  "
+              f"wall / CPU floor {wall / floor if floor else float('nan'):.2f}x")
 
 
 if __name__ == "__main__":
