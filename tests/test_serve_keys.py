@@ -126,3 +126,14 @@ def test_a_budget_binds_only_where_there_is_a_price_and_settles_in_the_day_it_be
     budget.reserve(0.9)
     budget.settle(0.9, 0.0)
     assert spend.spent("k", midnight - 1)["day"] == 0.0 and spend.spent("k", midnight + 20)["day"] == 0.0
+
+
+def test_spending_that_cannot_be_kept_sends_nothing_and_answers_503(upstream, tmp_path):
+    keys = Keys(tmp_path / "keys.json")
+    capped = keys.add("capped", KeyLimits(usd_per_day=1.0))
+    with serving(upstream, tmp_path, Keys(tmp_path / "keys.json")) as s:
+        keys.spend_path.write_bytes(b"not a database, " * 100)  # damaged under the running proxy
+        with pytest.raises(openai.InternalServerError) as info:
+            client(s, capped).embeddings.create(model=MODEL, input=["x"])
+        assert info.value.status_code == 503 and "spending" in info.value.message
+        assert upstream.requests == 0

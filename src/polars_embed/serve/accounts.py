@@ -132,11 +132,14 @@ class FileSpend:
 
     def reserve(self, key: str, usd: float, caps: dict[str, float], now: float) -> str | None:
         names = period_names(now)
-        with self._write() as con:
-            for period, cap in caps.items():
-                if self._get(con, key, names[period]) + usd > cap + 1e-12:
-                    return period
-            self._add(con, key, usd, names)
+        try:
+            with self._write() as con:
+                for period, cap in caps.items():
+                    if self._get(con, key, names[period]) + usd > cap + 1e-12:
+                        return period
+                self._add(con, key, usd, names)
+        except sqlite3.Error as exc:
+            raise unkept(self.path, exc) from None
         return None
 
     def add(self, key: str, usd: float, now: float) -> None:
@@ -151,11 +154,22 @@ class FileSpend:
 
     def spent(self, key: str, now: float) -> dict[str, float]:
         names = period_names(now)
-        con = self._connect()
         try:
-            return {p: self._get(con, key, n) for p, n in names.items()}
-        finally:
-            con.close()
+            con = self._connect()
+            try:
+                return {p: self._get(con, key, n) for p, n in names.items()}
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise unkept(self.path, exc) from None
+
+
+def unkept(path: Path, exc: sqlite3.Error) -> OpenAIError:
+    """The keys' spending cannot be read or written: nothing is sent for a key with a budget
+    (a 503 the client retries; the cause goes to the log)."""
+    log.warning("the proxy keys' spending in %s cannot be kept: %s", path, exc)
+    return OpenAIError(503, "The proxy cannot keep its keys' spending right now; try again shortly.",
+                       kind="server_error")
 
 
 # KEYS: the key's spend in each capped period, then in every period; ARGV[1]: dollars, ARGV[2..]:
@@ -239,7 +253,10 @@ class KeyBudget:
         if self.unpriced is not None:
             raise OverBudget(OpenAIError(400, f"Proxy key {self.key!r} has a budget and {self.unpriced} has no price "
                                          f"here: start the proxy with --price {self.unpriced}=USD_PER_1M"))
-        period = self.spend.reserve(self.key, estimate, self.caps, self.now)
+        try:
+            period = self.spend.reserve(self.key, estimate, self.caps, self.now)
+        except OpenAIError as answer:  # the spending cannot be kept: nothing is sent (what was paid is still said)
+            raise OverBudget(answer) from None
         if period is not None:
             raise OverBudget(over_budget(self.key, period, self.caps[period], time.time()))
 
