@@ -140,16 +140,19 @@ def test_cohere_without_the_token_header_costs_an_upper_bound(make, server, monk
 # -- 2. a quota -----------------------------------------------------------------------------------
 
 
-def test_no_429_under_a_requests_quota(make, server):
+def test_no_429_under_a_requests_quota(tmp_path):
     """Bedrock sends no rate-limit headers (embedding models are throttled by requests/min), so
-    the quota is given as ``rpm=``: 310 requests at 300/min wait ~2 s for the last 10, never a 429."""
-    server.time_scale = 1.5
-    server.configure(rpm=300)
-    emb = make(rpm=300)
-    started = time.monotonic()
-    out = pl.DataFrame({"text": [f"quota row {i}" for i in range(310)]}).with_columns(emb.expr("text"))
-    assert time.monotonic() - started > 1.2  # the quota bound
-    assert server.count(429) == 0 and out["embedding"].null_count() == 0
+    the quota is given as ``rpm=``: 310 requests at 300/min wait ~2 s for the last 10, never a 429.
+    A server of its own: the module's shared one may still be answering an earlier test's
+    connections when the quota starts, and what they take from it is not this client's."""
+    with EmbeddingServer(rpm=300, time_scale=1.5) as own:
+        emb = Embedder(f"bedrock:{TITAN}", base_url=f"http://127.0.0.1:{own.port}", cache=tmp_path / "cache",
+                       timeout=10.0, dimensions=256, rpm=300)
+        started = time.monotonic()
+        out = pl.DataFrame({"text": [f"quota row {i}" for i in range(310)]}).with_columns(emb.expr("text"))
+        emb.close()
+        assert time.monotonic() - started > 1.2  # the quota bound
+        assert own.count(429) == 0 and out["embedding"].null_count() == 0
 
 
 # -- 3. roles -------------------------------------------------------------------------------------
