@@ -13,15 +13,14 @@ import numpy as np
 import openai
 import polars as pl
 import pytest
+from proxies import UPSTREAM_KEY, serve_process, starter
 
 from polars_embed import Embedder, ledger
 from polars_embed.serve.app import Serving
 from polars_embed.serve.keys import Keys
-from polars_embed.serve.proxy import ProxyConfig
 from polars_embed.testing import EmbeddingServer, Faults, server_vector
 
 MODEL = "text-embedding-3-small"
-UPSTREAM_KEY = "sk-upstream-secret-0123456789abcdef"
 PRICE = 0.02 / 1e6
 
 
@@ -34,20 +33,7 @@ def upstream():
 @pytest.fixture
 def start(upstream, tmp_path):
     """Start a proxy (kwargs override the config); stopped at the end of the test."""
-    running: list[Serving] = []
-
-    def make(**kwargs) -> Serving:
-        kwargs.setdefault("upstream_base_url", upstream.url)
-        kwargs.setdefault("upstream_api_key", UPSTREAM_KEY)
-        kwargs.setdefault("cache", tmp_path / "cache")
-        kwargs.setdefault("flush_seconds", 0.2)
-        s = Serving(ProxyConfig(**kwargs)).__enter__()
-        running.append(s)
-        return s
-
-    yield make
-    for s in running:
-        s.__exit__(None, None, None)
+    yield from starter(upstream, tmp_path)
 
 
 def client(s: Serving, key: str = "any") -> openai.OpenAI:
@@ -321,29 +307,12 @@ def test_the_command_refuses_an_open_proxy_off_loopback_and_adds_keys(tmp_path, 
 
 
 def test_the_command_serves_and_writes_the_ledger_on_sigterm(upstream, tmp_path):
-    import os
     import signal
-    import socket
     import subprocess
-    import sys
-    import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "polars_embed.cli", "serve", "--port", str(port),
-                             "--upstream-base-url", upstream.url, "--cache", str(tmp_path / "cache")],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc, port = serve_process("--upstream-base-url", upstream.url, "--cache", str(tmp_path / "cache"),
+                               stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         c.embeddings.create(model=MODEL, input=["from the command"], dimensions=64)
     finally:

@@ -4,18 +4,14 @@ proxy: one cache, one upstream quota, one budget per key."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import random
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 
 import numpy as np
 import openai
 import pytest
+from proxies import serve_process
 
 from polars_embed.serve.accounts import KeyLimits
 from polars_embed.serve.keys import Keys
@@ -28,21 +24,9 @@ PRICE = 0.02 / 1e6
 
 
 def start_proxy(upstream: EmbeddingServer, redis: RedisServer, keys: str, log) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "polars_embed.cli", "serve", "--port", str(port), "--keys", keys,
-                             "--upstream-base-url", upstream.url, "--cache", redis.url, "--limiter", redis.url,
-                             "--tpm", "2000000", "--quiet"],
-                            env={**os.environ, "OPENAI_API_KEY": "upstream"}, stderr=log)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "the proxy did not start"
-            time.sleep(0.1)
+    proc, port = serve_process("--keys", keys, "--upstream-base-url", upstream.url, "--cache", redis.url,
+                               "--limiter", redis.url, "--tpm", "2000000", "--quiet", stderr=log)
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture

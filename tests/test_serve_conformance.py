@@ -12,10 +12,9 @@ import urllib.request
 import numpy as np
 import openai
 import pytest
+from proxies import starter
 
-from polars_embed.serve.app import Serving
 from polars_embed.serve.keys import Keys
-from polars_embed.serve.proxy import ProxyConfig
 from polars_embed.testing import EmbeddingServer
 
 MODEL = "text-embedding-3-small"
@@ -30,19 +29,7 @@ def upstream():
 
 @pytest.fixture
 def start(upstream, tmp_path):
-    running: list[Serving] = []
-
-    def make(**kwargs) -> Serving:
-        kwargs.setdefault("upstream_base_url", upstream.url)
-        kwargs.setdefault("upstream_api_key", "upstream-key")
-        kwargs.setdefault("cache", tmp_path / "cache")
-        s = Serving(ProxyConfig(**kwargs)).__enter__()
-        running.append(s)
-        return s
-
-    yield make
-    for s in running:
-        s.__exit__(None, None, None)
+    yield from starter(upstream, tmp_path)
 
 
 def client(url: str, key: str = "any") -> openai.OpenAI:

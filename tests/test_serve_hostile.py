@@ -5,16 +5,14 @@ parse into much more memory than they take on the wire. Each is answered in Open
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
 import openai
 import pytest
+from proxies import serve_process
 
 from polars_embed.serve import app
 from polars_embed.serve.app import Serving
@@ -77,26 +75,13 @@ def test_slow_bodies_keep_no_one_waiting_and_are_cut_off_at_their_deadline(upstr
 
 
 def test_a_large_body_of_token_arrays_takes_a_bounded_multiple_of_its_size(upstream, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "polars_embed.cli", "serve", "--port", str(port),
-                             "--upstream-base-url", upstream.url, "--cache", str(tmp_path / "cache")],
-                            env={**os.environ, "OPENAI_API_KEY": "up"}, stderr=subprocess.DEVNULL)
+    proc, port = serve_process("--upstream-base-url", upstream.url, "--cache", str(tmp_path / "cache"))
 
     def peak() -> int:
         with open(f"/proc/{proc.pid}/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
 
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
         def send(arrays: list[list[int]]) -> int:
             body = json.dumps({"model": MODEL, "input": arrays, "dimensions": 16}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/embeddings", data=body,

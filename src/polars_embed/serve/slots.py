@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .wire import OpenAIError
 
@@ -48,7 +48,6 @@ class Slots:
         self._make, self.size, self.share, self.idle_seconds, self._clock = make, size, share, idle_seconds, clock
         self._slots: dict[SlotKey, Slot] = {}
         self._lock = threading.Lock()
-        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -118,7 +117,6 @@ class Slots:
         if not idle:
             raise OpenAIError(503, f"{busy}; try again shortly", kind="server_error")
         oldest = min(idle, key=lambda k: self._slots[k].last_used)
-        self.evicted += 1
         return [self._slots.pop(oldest)]
 
     def sweep(self) -> None:
@@ -133,10 +131,6 @@ class Slots:
         with self._lock:
             gone, self._slots = list(self._slots.values()), {}
         _close(gone)
-
-    def embedders(self) -> list[Any]:
-        with self._lock:
-            return [s.embedder for s in self._slots.values()]
 
 
 def _close(slots: list[Slot]) -> None:
