@@ -8,8 +8,8 @@ the client: base64 float32 goes straight into numpy, vectors are placed by their
 
 from __future__ import annotations
 
-import binascii
 import json
+import operator
 import os
 import re
 import threading
@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from ..pipeline.tokens import TiktokenTokenizer
+from .b64 import decode, decode_rows
 from .base import BatchResult, Limits, identity_of, resolve_role
 
 if TYPE_CHECKING:
@@ -221,7 +222,9 @@ def parse_body(content: bytes, n: int, dim: int, max_tokens: int | None = None) 
 
     An answer that cannot be true is malformed (retried, never cached): a vector that is not
     finite or is all zeros, a usage below zero or above ``max_tokens`` (``n`` inputs at the
-    per-input limit)."""
+    per-input limit). The vectors are decoded all at once (``b64.decode_rows``, or one numpy
+    conversion of float lists); only an answer that fails that is walked item by item, to
+    name what is wrong with it."""
     try:
         body = json.loads(content)
         data = body["data"]
@@ -231,8 +234,47 @@ def parse_body(content: bytes, n: int, dim: int, max_tokens: int | None = None) 
         raise MalformedResponse(f"response body is not an embeddings result ({exc})") from exc
     if billed != usage or billed < 0 or (max_tokens is not None and billed > max_tokens):
         raise MalformedResponse(f"response bills {usage!r} tokens for {n} inputs, which cannot be")
+    if not isinstance(data, list):
+        raise MalformedResponse("response body is not an embeddings result (its data is not a list)")
     if len(data) != n:
         raise MalformedResponse(f"response has {len(data)} vectors for {n} inputs")
+    out = _bulk(data, n, dim)
+    if out is None:
+        out = _item_by_item(data, n, dim)
+    bad = ~np.isfinite(out).all(axis=1) | ~out.any(axis=1)
+    if bad.any():
+        raise MalformedResponse(f"response vector {int(np.argmax(bad))} is not finite or is all zeros")
+    return out, billed
+
+
+def _bulk(data: list[Any], n: int, dim: int) -> np.ndarray | None:
+    """The vectors of ``data`` in index order, decoded in one pass; None when any item is
+    not as expected (``_item_by_item`` then says which and how)."""
+    try:
+        index = np.fromiter(map(operator.index, (item["index"] for item in data)), np.int64, n)
+        embeddings = [item["embedding"] for item in data]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if isinstance(embeddings[0] if n else None, str):
+        vectors = decode_rows(embeddings, dim)
+    else:
+        try:
+            vectors = np.asarray(embeddings, dtype=np.float32)
+        except (ValueError, TypeError):
+            return None
+    if vectors is None or vectors.shape != (n, dim):
+        return None
+    if np.array_equal(index, np.arange(n)):
+        return vectors  # read-only when decoded from base64: nothing writes into an answer's vectors
+    if index.min() < 0 or index.max() >= n or len(np.unique(index)) != n:
+        return None
+    out = np.empty((n, dim), dtype=np.float32)
+    out[index] = vectors
+    return out
+
+
+def _item_by_item(data: list[Any], n: int, dim: int) -> np.ndarray:
+    """``data``'s vectors one item at a time, raising ``MalformedResponse`` at the first bad one."""
     out = np.empty((n, dim), dtype=np.float32)
     seen = np.zeros(n, dtype=bool)
     for item in data:
@@ -240,7 +282,7 @@ def parse_body(content: bytes, n: int, dim: int, max_tokens: int | None = None) 
             idx = int(item["index"])
             emb = item["embedding"]
             vec = (
-                np.frombuffer(binascii.a2b_base64(emb), dtype="<f4")
+                np.frombuffer(decode(emb), dtype="<f4")
                 if isinstance(emb, str)
                 else np.asarray(emb, dtype=np.float32)
             )
@@ -252,7 +294,4 @@ def parse_body(content: bytes, n: int, dim: int, max_tokens: int | None = None) 
             raise MalformedResponse(f"response vector has {vec.size} dimensions, expected {dim}")
         out[idx] = vec
         seen[idx] = True
-    bad = ~np.isfinite(out).all(axis=1) | ~out.any(axis=1)
-    if bad.any():
-        raise MalformedResponse(f"response vector {int(np.argmax(bad))} is not finite or is all zeros")
-    return out, billed
+    return out
