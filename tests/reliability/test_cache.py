@@ -102,3 +102,22 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path, report):
     pickle.loads(pickle.dumps(_Payload()))  # the payload does work when unpickled...
     assert target.exists()  # ...so the refusal above is what protected us
     report(planted="pickle payload that creates a file", executed_by_polars_embed=False)
+
+
+def test_a_new_cache_has_large_pages_and_an_old_one_keeps_its_own(tmp_path):
+    """New caches hold a 1,536-dimension vector in one 32 KB page (one write, no overflow
+    page); a cache made before (SQLite's 4 KB pages, by diskcache) is read and written as it is."""
+    import diskcache
+
+    old = diskcache.Cache(str(tmp_path / "old"))  # how every cache was created before
+    old.close()
+    vector = np.linspace(-1, 1, 1536, dtype=np.float32)
+    for name, page in (("new", 32768), ("old", 4096)):
+        cache = DiskCache(tmp_path / name)
+        cache.set_many([(b"k%d" % i, vector, 7) for i in range(50)], tag="t")
+        got = cache.get_many([b"k3", b"nope"])
+        assert np.array_equal(got[0][0], vector) and got[0][1] == 7 and got[1] is None
+        pragmas = [cache._db._sql(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "auto_vacuum", "journal_mode")]
+        assert pragmas == [page, 1, "wal"], name
+        cache.close()
+        assert DiskCache(tmp_path / name).stats()["entries"] == 50

@@ -53,9 +53,15 @@ def encode_value(vector: np.ndarray, tokens: int) -> bytes:
 
 def encode_values(vectors: Sequence[np.ndarray], tokens: Sequence[int]) -> list[bytes]:
     """``encode_value`` of many vectors of one size, in one pass of numpy."""
+    return [row.tobytes() for row in encode_block(vectors, tokens)]
+
+
+def encode_block(vectors: Sequence[np.ndarray] | np.ndarray, tokens: Sequence[int]) -> np.ndarray:
+    """The stored values of many vectors of one size as the rows of one ``uint8`` array
+    (a caller that can bind buffers hands out views of its rows instead of copying them)."""
     if not len(vectors):
-        return []
-    mat = np.ascontiguousarray(np.stack(vectors), dtype="<f4")
+        return np.zeros((0, _HEADER.size), dtype=np.uint8)
+    mat = np.ascontiguousarray(vectors if isinstance(vectors, np.ndarray) else np.stack(vectors), dtype="<f4")
     n, dim = mat.shape
     head = np.zeros(n, dtype=[("magic", "S4"), ("tokens", "<u4"), ("dim", "<u4"), ("crc", "<u4")])
     head["magic"], head["tokens"], head["dim"] = _MAGIC, tokens, dim
@@ -63,7 +69,7 @@ def encode_values(vectors: Sequence[np.ndarray], tokens: Sequence[int]) -> list[
     buf = np.empty((n, _HEADER.size + 4 * dim), dtype=np.uint8)
     buf[:, : _HEADER.size] = head.view(np.uint8).reshape(n, _HEADER.size)
     buf[:, _HEADER.size :] = mat.view(np.uint8)
-    return [row.tobytes() for row in buf]
+    return buf
 
 
 def decode_value(raw: object, *, legacy: bool = True) -> tuple[np.ndarray, int] | None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CacheError
-from .base import decode_value, encode_value, encode_values
+from .base import decode_value, encode_block, encode_value
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,6 +55,33 @@ def _tag_parts(tag: str | None) -> tuple[str | None, str | None, int | None]:
     provider, rest = tag.split(":", 1)
     model, dims = rest.rsplit(":", 1)
     return provider, model, int(dims) if dims.isdigit() else None
+
+
+#: Page size of a new cache. A vector of 1,536 dimensions (6 KB stored) fits in one page with
+#: four others instead of spilling into an overflow page of SQLite's default 4 KB: a cold
+#: 1,536-dimension run spends about a third less CPU writing, and the file is ~25% smaller. A
+#: cache created before keeps its pages (SQLite changes them only by a VACUUM out of WAL mode).
+PAGE_SIZE = 32768
+
+
+def _page_size(database: Path) -> int:
+    """The page size of the cache at ``database``; a new one is created with ``PAGE_SIZE``."""
+    try:
+        with database.open("rb") as f:
+            head = f.read(18)
+    except FileNotFoundError:
+        con = sqlite3.connect(database)  # a process opening it at the same moment finds it made
+        try:
+            con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            con.execute("PRAGMA auto_vacuum = FULL")  # diskcache's, which it can no longer set once the file exists
+            con.execute("PRAGMA journal_mode = wal")  # writes the header: the page size is fixed
+        finally:
+            con.close()
+        return PAGE_SIZE
+    if len(head) < 18 or not head.startswith(b"SQLite format 3\0"):
+        return PAGE_SIZE  # being created by another process (or not a database: diskcache says so)
+    size = int.from_bytes(head[16:18], "big")
+    return 65536 if size == 1 else size
 
 
 def default_cache_dir() -> Path:
@@ -132,10 +159,13 @@ class DiskCache:
 
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            page = _page_size(self.directory / "cache.db")
             # A checkpoint every 64 MiB of WAL instead of 4: a cold run writes its vectors about
             # twice as fast, the copy into the database comes later (when a connection closes).
+            # SQLite's page cache stays at diskcache's 32 MiB a connection whatever the page size.
             self._cache = diskcache.Cache(str(self.directory), disk=_raw_only_disk(), eviction_policy="none",
-                                          size_limit=2**62, statistics=False, sqlite_wal_autocheckpoint=16384)
+                                          size_limit=2**62, statistics=False, sqlite_wal_autocheckpoint=2**26 // page,
+                                          sqlite_cache_size=-(2**15))  # KiB
             return
         except Exception as exc:  # noqa: BLE001 - sorted out below: unwritable, or damaged
             error = exc
@@ -226,15 +256,20 @@ class DiskCache:
         db = self._writable()
         limit = db.disk_min_file_size
         now = time.time()
-        inline, large = [], []
+        inline: list[tuple[bytes, float, float, str | None, Any]] = []
+        large: list[tuple[bytes, bytes]] = []
         sizes = {len(vector) for _, vector, _ in items}
-        values = (encode_values([v for _, v, _ in items], [t for _, _, t in items]) if len(sizes) == 1
-                  else [encode_value(v, t) for _, v, t in items])
+        if len(sizes) == 1:  # one block, bound row by row as views of it (no copy per value)
+            block = encode_block([v for _, v, _ in items], [t for _, _, t in items])
+            flat, width = memoryview(block.reshape(-1).data), block.shape[1]
+            values: list[Any] = [flat[i * width : (i + 1) * width] for i in range(len(items))]
+        else:
+            values = [encode_value(v, t) for _, v, t in items]
         for (key, _, _), value in zip(items, values):
             if len(value) < limit:
-                inline.append((key, now, now, tag, sqlite3.Binary(value)))
+                inline.append((key, now, now, tag, value))
             else:
-                large.append((key, value))
+                large.append((key, bytes(value)))
         try:
             with self._write_lock, db.transact():
                 if inline:

@@ -367,8 +367,11 @@ class Fetch:
             np.add.at(res.cost, owners, shares)
             np.add.at(res.tokens, owners, tokens)
             whole = self.n_pieces[owners] == 1
-            res.vectors[owners[whole]] = result.vectors[whole]  # the server's vectors, untouched
-            if not whole.all():  # chunks: a token-weighted sum, re-normalised once all are back
+            if whole.all():
+                res.vectors[owners] = result.vectors  # the server's vectors, untouched
+            else:
+                res.vectors[owners[whole]] = result.vectors[whole]
+                # chunks: a token-weighted sum, re-normalised once all are back
                 with np.errstate(over="ignore"):  # an overflow is caught once the chunks are combined
                     np.add.at(res.vectors, owners[~whole], result.vectors[~whole] * weights[~whole, None])
             np.subtract.at(self.pending, owners, 1)
