@@ -28,6 +28,18 @@ def hit_rows(plan: Plan, from_cache: np.ndarray, failed: list[int] | None = None
     return rows[keep]
 
 
+def vector_array(vectors: np.ndarray, take: np.ndarray, null: np.ndarray) -> pa.Array:
+    """Rows ``take`` of ``vectors`` as an Arrow ``FixedSizeList(float32)`` whose rows ``null``
+    are null (and zeros), built on one numpy buffer: one copy, the take itself (``pa.array``
+    of numpy would also import pandas, a second or two, on a process's first call)."""
+    rows, dim = len(take), vectors.shape[1]
+    flat = vectors.take(take, axis=0) if len(vectors) else np.zeros((rows, dim), np.float32)
+    flat[null] = 0.0
+    values = pa.Array.from_buffers(pa.float32(), rows * dim, [None, pa.py_buffer(flat)])
+    validity = pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
+    return pa.Array.from_buffers(pa.list_(pa.float32(), dim), rows, [validity], children=[values])
+
+
 def assemble(plan: Plan, res: Results, hits: np.ndarray, name: str, *, with_errors: bool) -> pl.DataFrame:
     """The output columns of one call: vector, cache hit, tokens, cost (and error)."""
     inv = plan.inverse
@@ -37,8 +49,8 @@ def assemble(plan: Plan, res: Results, hits: np.ndarray, name: str, *, with_erro
     failed = np.zeros(n_texts + 1, dtype=bool)
     failed[list(res.errors)] = True
     failed[n_texts] = True
-    flat = np.concatenate([res.vectors, np.zeros((1, dim), np.float32)])[idx].reshape(-1)
-    arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array(failed[idx]))
+    null = failed[idx]
+    arr = vector_array(res.vectors, np.minimum(idx, n_texts - 1) if n_texts else np.zeros_like(idx), null)
     hit = np.zeros(plan.n_rows, dtype=bool)
     hit[hits] = True
     row_cost = np.zeros(plan.n_rows, dtype=np.float64)
