@@ -25,7 +25,7 @@ from .inflight import Fenced
 from .pack import schedule
 from .runner import Stopped, status_of
 from .stats import apportion
-from .tokens import Piece, long_texts, prepare_inputs
+from .tokens import Piece, count_tokens, long_texts, prepare_inputs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -236,8 +236,8 @@ class Fetch:
                 self.uncounted.remove(batch)
         if counted is not None:
             return counted
-        ids = self.stage.provider.tokenizer().encode_batch([p.text for p in batch])
-        counted = [Piece(p.owner, p.text, len(i)) for p, i in zip(batch, ids)]
+        counts = count_tokens(self.stage.provider.tokenizer(), [p.text for p in batch])
+        counted = [Piece(p.owner, p.text, n) for p, n in zip(batch, counts)]
         with self._lock:
             if key in self.counted:  # counted meanwhile by the other side
                 return self.counted[key]
