@@ -154,6 +154,22 @@ def test_rate_limited_server_is_not_stormed(make_embedder, server):
     assert server.count(429) <= 0.05 * server.requests
 
 
+def test_what_was_packed_before_the_quota_was_known_goes_at_its_pace(make_embedder, server):
+    """The probe's answer tells a tokens/min limit, with buckets of a quarter minute full at
+    the start (OpenAI enforces limits over periods shorter than a minute): the requests packed
+    while it was out (a share of the pool each) are packed again to a quarter
+    second of quota, so none waits for room while smaller ones pass, and none is refused."""
+    server.time_scale, server.latency, server.burst_seconds = 10.0, 0.3, 15.0  # 10,000 tokens/s
+    server.configure(tpm=60_000)
+    emb = make_embedder(max_workers=4)
+    texts = [f"word{i} and word{i + 1}" for i in range(2400)]  # a share of the pool each: 600 texts, ~3,700 tokens
+    check_all(pl.DataFrame({"text": texts}).with_columns(emb.expr("text")))
+    ok = [r for r in server.log if r.status == 200]
+    assert sum(r.tokens for r in ok) > 12_000 and server.count(429) == 0
+    cap = 60_000 * 10 / 240  # the request size the learned quota sets
+    assert max(r.tokens for r in ok) <= cap + 100, sorted(r.tokens for r in ok)[-5:]
+
+
 def test_backoff_doubles_up_to_its_cap_with_bounded_jitter():
     from tenacity import RetryCallState
 

@@ -146,11 +146,11 @@ class Fetch:
             for requests in steps:
                 backlog += requests
                 if not probe or self.head.done():
-                    self.submit(backlog)
+                    self.submit(self.repack(backlog))
                     backlog = []
             if probe:
                 self.head.result()
-            self.submit(backlog)
+            self.submit(self.repack(backlog))
             self.count_uncounted()  # while the server works
         except BaseException:
             wait(self.futures)  # what is in flight finishes and is cached
@@ -164,6 +164,16 @@ class Fetch:
         if self.head.done() and self.head.exception() is not None:
             raise self.head.exception()  # type: ignore[misc]
         self.futures.extend(self.stage.runner.pool.submit(self.send, r) for r in requests)
+
+    def repack(self, requests: list[list[Piece]]) -> list[list[Piece]]:
+        """Requests packed while the probe was out, before the quota was known, packed again
+        if the quota its answer told makes them too big: a request of 72,000 tokens against a
+        quota of 50,000 a second waits for that much room while smaller ones pass, and the
+        last ones end the run late; a quarter second of quota each keeps the pace even."""
+        cap = self.stage.sizing.request_tokens()
+        if all(sum(p.tokens for p in r) <= cap for r in requests):
+            return requests
+        return self.stage.sizing.requests([p for r in requests for p in r], min_requests=1)
 
     def wait_all(self) -> None:
         try:

@@ -17,7 +17,8 @@ https://platform.openai.com/docs/api-reference/models; the shapes are openai-ope
   model; a bug in the server is a 500 in the API's shape, never a connection closed unanswered;
 * ``GET /v1/models`` and ``GET /v1/models/{id}`` (404 ``model_not_found``);
 * requests/min and tokens/min limits answered with 429 and ``retry-after``,
-  ``retry-after-ms`` and ``x-ratelimit-*`` headers (also sent on every 200);
+  ``retry-after-ms`` and ``x-ratelimit-*`` headers (also sent on every 200), in buckets that
+  hold a minute of quota or, with ``burst_seconds``, less (as OpenAI enforces them);
 * injectable faults (:class:`Faults`): 5xx, hangs, dropped connections, broken JSON, short,
   out-of-order and wrong-dimension answers, 429 storms, inputs that make a request 400;
 * a request log for assertions.
@@ -90,18 +91,25 @@ class Record:
 
 
 class _Bucket:
-    def __init__(self, limit: float, scale: float, *, empty: bool = False) -> None:
-        self.limit, self.level, self.scale = limit, 0.0 if empty else limit, scale
+    """A per-minute limit refilled continuously, holding ``seconds`` of it: OpenAI says its
+    limits "can be quantized, meaning they are enforced over shorter periods of time (e.g.
+    60,000 requests/minute may be enforced as 1,000 requests/second)"
+    (https://platform.openai.com/docs/guides/rate-limits)."""
+
+    def __init__(self, limit: float, scale: float, *, empty: bool = False, seconds: float = 60.0) -> None:
+        self.limit, self.scale = limit, scale
+        self.capacity = limit * seconds / 60.0
+        self.level = 0.0 if empty else self.capacity
         self.last = time.monotonic()
 
     def refill(self) -> None:
         now = time.monotonic()
-        self.level = min(self.limit, self.level + (now - self.last) * self.scale * self.limit / 60.0)
+        self.level = min(self.capacity, self.level + (now - self.last) * self.scale * self.limit / 60.0)
         self.last = now
 
     def wait_for(self, amount: float) -> float:
         """Real seconds until ``amount`` is available (0 if it is now)."""
-        short = min(amount, self.limit) - self.level
+        short = min(amount, self.capacity) - self.level
         return 0.0 if short <= 0 else short * 60.0 / (self.limit * self.scale)
 
 
@@ -145,6 +153,7 @@ class EmbeddingServer:
         faults: Faults | None = None,
         log_texts: bool = True,
         start_empty: bool = False,
+        burst_seconds: float = 60.0,
     ) -> None:
         self.host, self.port = host, port
         self.api_key = api_key
@@ -155,6 +164,7 @@ class EmbeddingServer:
         self.max_inputs, self.max_request_tokens, self.max_input_tokens = max_inputs, max_request_tokens, max_input_tokens
         self.log_texts = log_texts
         self.start_empty = start_empty  # buckets start used up: no first-minute burst
+        self.burst_seconds = burst_seconds  # of quota a bucket holds (60: a minute's)
         self.log: list[Record] = []
         self.in_flight = 0  # embeddings requests being answered right now
         self.max_in_flight = 0  # the most at once since the start (or reset_log)
@@ -182,8 +192,9 @@ class EmbeddingServer:
         """Replace the rate limits and faults (the log is kept)."""
         with self._lock:
             self.rpm, self.tpm = rpm, tpm
-            self._req = _Bucket(rpm, self.time_scale, empty=self.start_empty) if rpm else None
-            self._tok = _Bucket(tpm, self.time_scale, empty=self.start_empty) if tpm else None
+            empty, seconds = self.start_empty, self.burst_seconds
+            self._req = _Bucket(rpm, self.time_scale, empty=empty, seconds=seconds) if rpm else None
+            self._tok = _Bucket(tpm, self.time_scale, empty=empty, seconds=seconds) if tpm else None
             if faults is not None:
                 self.faults = faults
                 self._rng = random.Random(faults.seed)
@@ -458,7 +469,7 @@ def _model_card(model: str, created: int) -> dict[str, Any]:
 
 def _quota(bucket: _Bucket) -> tuple[float, float, float]:
     """With a sped-up clock the limit is stated per real minute."""
-    reset = (bucket.limit - bucket.level) * 60.0 / (bucket.limit * bucket.scale)
+    reset = (bucket.capacity - bucket.level) * 60.0 / (bucket.limit * bucket.scale)
     return bucket.limit * bucket.scale, max(0.0, bucket.level), reset
 
 
@@ -651,6 +662,8 @@ class _Handler(BaseHTTPRequestHandler):
             cfg = json.loads(body or b"{}")
             if "start_empty" in cfg:
                 state.start_empty = bool(cfg["start_empty"])
+            if "burst_seconds" in cfg:
+                state.burst_seconds = float(cfg["burst_seconds"])
             state.configure(rpm=cfg.get("rpm"), tpm=cfg.get("tpm"), faults=Faults(**cfg.get("faults", {})))
             self._send(200, b"{}")
             return
@@ -709,11 +722,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-per-1k", type=float, default=0.0, help="seconds added per 1,000 tokens")
     parser.add_argument("--time-scale", type=float, default=1.0, help="speed-up of the rate-limit clock")
     parser.add_argument("--start-empty", action="store_true", help="rate-limit buckets start used up")
+    parser.add_argument("--burst-seconds", type=float, default=60.0,
+                        help="seconds of each per-minute limit a bucket holds (default: a whole minute)")
     parser.add_argument("--log-texts", action="store_true", help="keep every input in the log (GET /_admin/log)")
     args = parser.parse_args(argv)
     server = EmbeddingServer(host=args.host, port=args.port, api_key=args.api_key, rpm=args.rpm, tpm=args.tpm,
                              latency=args.latency, latency_per_1k_tokens=args.latency_per_1k,
-                             time_scale=args.time_scale, start_empty=args.start_empty, log_texts=args.log_texts)
+                             time_scale=args.time_scale, start_empty=args.start_empty, burst_seconds=args.burst_seconds,
+                             log_texts=args.log_texts)
     server.start()
     print(f"serving OpenAI-compatible embeddings at {server.url} (Ctrl-C stops)", flush=True)
     try:
