@@ -102,3 +102,26 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("dim", [256, 1536])
+@pytest.mark.parametrize("shape", ["pretty", "model named embedding", "escaped slashes", "key in usage", "key twice"])
+def test_vectors_sliced_out_of_any_valid_body_are_the_items_own(dim, shape):
+    """The base64 strings are cut out of the body rather than parsed: whatever valid JSON a
+    server writes, each item gets its own vector, or the body is parsed whole."""
+    vectors = np.random.default_rng(dim).standard_normal((5, dim)).astype(np.float32)
+    vectors[:, 0] = 0.5  # some "/" in every base64 string
+    items = [{"object": "embedding", "index": i, "embedding": base64.b64encode(v.tobytes()).decode()}
+             for i, v in enumerate(vectors)][::-1]
+    doc = {"object": "list", "data": items, "model": "embedding" if shape == "model named embedding" else "m",
+           "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+    if shape == "key in usage":
+        doc["usage"]["embedding"] = "AAAA"
+    text = json.dumps(doc, indent=2 if shape == "pretty" else None)
+    if shape == "escaped slashes":
+        assert "/" in text
+        text = text.replace("/", "\\/")  # valid JSON: what some servers write
+    if shape == "key twice":  # the last one counts, for json as for us
+        text = text.replace('"index": 4,', '"embedding": "AAAA", "index": 4,')
+    out, billed = parse_body(text.encode(), 5, dim)
+    assert billed == 3 and np.array_equal(out, vectors)

@@ -38,3 +38,24 @@ def test_every_row_comes_back_once_in_order(shared_server, rows, max_inputs):
         assert (cost > 0) == (text not in seen)
         seen.add(text)
     emb.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(inverse=st.lists(st.integers(-1, 9), max_size=40), placed=st.lists(st.sets(st.integers(0, 9)), max_size=4),
+       failed=st.sets(st.integers(0, 9)))
+def test_rows_placed_as_texts_finish_are_the_rows_a_take_would_give(inverse, placed, failed):
+    """Rows written while the fetch runs (``Results.place``, any batches of finished texts)
+    plus what ``rows()`` fills at the end are exactly each row's text's vector, null rows zero."""
+    from polars_embed.pipeline.results import Results
+
+    inv = np.asarray(inverse, dtype=np.int64)
+    res = Results.empty(10, 3, inv)
+    res.vectors[:] = np.arange(30, dtype=np.float32).reshape(10, 3) + 1
+    done: set[int] = set()
+    for batch in placed:
+        batch = sorted(batch - done - failed)
+        res.place(np.asarray(batch, dtype=np.int64))
+        done.update(batch)
+    null = (inv < 0) | np.isin(inv, sorted(failed))
+    expected = np.where(null[:, None], 0.0, res.vectors[np.clip(inv, 0, 9)])
+    assert np.array_equal(res.rows(inv, null), expected)

@@ -319,7 +319,7 @@ class Embedder(Figures):
         """Plan one slice of ``run`` and look its texts up in the cache (stages 1 and 2)."""
         plan = make_plan(as_text(series, column))
         keys = self.keys(plan.texts)
-        c = Call(plan, keys, Results.empty(len(plan.texts), self.dimensions), run, run.cache_for(self.cache),
+        c = Call(plan, keys, Results.empty(len(plan.texts), self.dimensions, plan.inverse), run, run.cache_for(self.cache),
                  column, rows, released=self._inflight.released)
         c.from_cache = self._lookup(c, np.arange(len(keys)))
         return c

@@ -127,7 +127,7 @@ def test_the_log_is_copied_into_the_database_by_a_thread_of_its_own(tmp_path, mo
     """No writer pays for a checkpoint (it held every other answer behind the write lock for
     0.14 s at the end of a cold run): past the limit a thread copies the log, and closing
     the cache leaves no log behind."""
-    from polars_embed.caches import wal
+    from polars_embed.caches import disk_sqlite as wal
 
     monkeypatch.setattr(wal, "LIMIT", 2**20)
     cache = DiskCache(tmp_path / "c")

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ..caches import Cache
-    from ..pipeline.fetch import Item, Results, Stage
+    from ..pipeline.fetch import Item, Stage
+    from ..pipeline.results import Results
     from ..pipeline.stats import RunStats
     from ..pipeline.tokens import Piece
     from .manifest import Job, Manifest

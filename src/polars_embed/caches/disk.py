@@ -8,7 +8,6 @@ cached.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import sqlite3
 import threading
@@ -20,47 +19,12 @@ import numpy as np
 
 from ..errors import CacheError
 from .base import decode_value, encode_block, encode_value
-from .wal import Checkpointer
+from .disk_sqlite import Checkpointer, create, store
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     import polars as pl
-
-# Inline raw-bytes entries exactly as diskcache's Cache.set writes one (mode 1 = MODE_RAW).
-_INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
-           " VALUES ")
-_ROW = "(?, 1, ?, NULL, ?, 0, ?, 0, 1, NULL, ?)"
-_ON_CONFLICT = (" ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, access_time = excluded.access_time,"
-                " tag = excluded.tag, size = 0, mode = 1, filename = NULL, value = excluded.value")
-
-
-#: Entries a statement stores: one step of SQLite, so the writer gives up the GIL and takes
-#: it back once a statement instead of once an entry. Under ``executemany`` (once an entry),
-#: while two other threads parsed JSON, storing one request of 824 vectors took 17 s instead
-#: of 0.01 (each wait lasts as long as the other thread's parse). Statements of 64 entries
-#: cost what ``executemany`` costs alone; much longer ones cost more (512: 2.5x).
-ROWS_PER_STATEMENT = 64
-
-
-@functools.cache
-def _upsert(rows: int) -> str:
-    """One statement storing ``rows`` entries."""
-    return _INSERT + ",".join([_ROW] * rows) + _ON_CONFLICT
-
-
-def _statements(n: int, con: sqlite3.Connection) -> Iterator[tuple[int, int]]:
-    """(start, rows) of the statements storing ``n`` entries: ``ROWS_PER_STATEMENT`` at most
-    (fewer where the connection allows fewer variables, 5 an entry), in powers of two so
-    that few statement texts are compiled and cached."""
-    getlimit = getattr(con, "getlimit", None)  # Python 3.11+; SQLite's default before 3.32 was 999
-    most = min(ROWS_PER_STATEMENT, (getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999) // 5)
-    start = 0
-    while start < n:
-        rows = 1 << min(n - start, most).bit_length() - 1
-        yield start, rows
-        start += rows
-
 
 _UNWRITABLE = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT}
 
@@ -84,33 +48,6 @@ def _tag_parts(tag: str | None) -> tuple[str | None, str | None, int | None]:
     provider, rest = tag.split(":", 1)
     model, dims = rest.rsplit(":", 1)
     return provider, model, int(dims) if dims.isdigit() else None
-
-
-#: Page size of a new cache. A vector of 1,536 dimensions (6 KB stored) fits in one page with
-#: four others instead of spilling into an overflow page of SQLite's default 4 KB: a cold
-#: 1,536-dimension run spends about a third less CPU writing, and the file is ~25% smaller. A
-#: cache created before keeps its pages (SQLite changes them only by a VACUUM out of WAL mode).
-PAGE_SIZE = 32768
-
-
-def _page_size(database: Path) -> int:
-    """The page size of the cache at ``database``; a new one is created with ``PAGE_SIZE``."""
-    try:
-        with database.open("rb") as f:
-            head = f.read(18)
-    except FileNotFoundError:
-        con = sqlite3.connect(database)  # a process opening it at the same moment finds it made
-        try:
-            con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            con.execute("PRAGMA auto_vacuum = FULL")  # diskcache's, which it can no longer set once the file exists
-            con.execute("PRAGMA journal_mode = wal")  # writes the header: the page size is fixed
-        finally:
-            con.close()
-        return PAGE_SIZE
-    if len(head) < 18 or not head.startswith(b"SQLite format 3\0"):
-        return PAGE_SIZE  # being created by another process (or not a database: diskcache says so)
-    size = int.from_bytes(head[16:18], "big")
-    return 65536 if size == 1 else size
 
 
 def default_cache_dir() -> Path:
@@ -199,7 +136,7 @@ class DiskCache:
 
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            _page_size(self.directory / "cache.db")  # a new cache is made with PAGE_SIZE
+            create(self.directory / "cache.db")  # a new cache, with large pages (an old one is kept as it is)
             # No checkpoint in a writer's commit: ``wal.Checkpointer`` copies the log in a thread
             # of its own. SQLite's page cache stays at diskcache's 32 MiB a connection whatever
             # the page size.
@@ -306,9 +243,7 @@ class DiskCache:
                 large.append((key, bytes(value)))
         try:
             with self._write_lock, db.transact():
-                con = db._con
-                for start, rows in _statements(len(inline) // 5, con):
-                    con.execute(_upsert(rows), inline[5 * start : 5 * (start + rows)])
+                store(db._con, inline)
                 for key, value in large:
                     db.set(key, value, tag=tag)
             if self._checkpointer is not None:

@@ -9,8 +9,8 @@ import polars as pl
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from .fetch import Results
     from .plan import Plan
+    from .results import Results
 
 
 def hit_rows(plan: Plan, from_cache: np.ndarray, failed: list[int] | None = None) -> np.ndarray:
@@ -28,13 +28,11 @@ def hit_rows(plan: Plan, from_cache: np.ndarray, failed: list[int] | None = None
     return rows[keep]
 
 
-def vector_array(vectors: np.ndarray, take: np.ndarray, null: np.ndarray) -> pa.Array:
-    """Rows ``take`` of ``vectors`` as an Arrow ``FixedSizeList(float32)`` whose rows ``null``
-    are null (and zeros), built on one numpy buffer: one copy, the take itself (``pa.array``
-    of numpy would also import pandas, a second or two, on a process's first call)."""
-    rows, dim = len(take), vectors.shape[1]
-    flat = vectors.take(take, axis=0) if len(vectors) else np.zeros((rows, dim), np.float32)
-    flat[null] = 0.0
+def vector_array(flat: np.ndarray, null: np.ndarray) -> pa.Array:
+    """The ``(rows, dim)`` float32 ``flat`` as an Arrow ``FixedSizeList(float32)`` whose rows
+    ``null`` are null, on the same buffer (``pa.array`` of numpy would also import pandas, a
+    second or two, on a process's first call)."""
+    rows, dim = flat.shape
     values = pa.Array.from_buffers(pa.float32(), rows * dim, [None, pa.py_buffer(flat)])
     validity = pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
     return pa.Array.from_buffers(pa.list_(pa.float32(), dim), rows, [validity], children=[values])
@@ -50,7 +48,7 @@ def assemble(plan: Plan, res: Results, hits: np.ndarray, name: str, *, with_erro
     failed[list(res.errors)] = True
     failed[n_texts] = True
     null = failed[idx]
-    arr = vector_array(res.vectors, np.minimum(idx, n_texts - 1) if n_texts else np.zeros_like(idx), null)
+    arr = vector_array(res.rows(inv, null), null)
     hit = np.zeros(plan.n_rows, dtype=bool)
     hit[hits] = True
     row_cost = np.zeros(plan.n_rows, dtype=np.float64)

@@ -23,6 +23,7 @@ from ..errors import CacheError, ProviderError, RequestRefusedError
 from .budget import Budgets
 from .inflight import Fenced
 from .pack import schedule
+from .results import Results
 from .runner import Stopped, status_of
 from .stats import apportion
 from .tokens import Piece, count_tokens, long_texts, prepare_inputs
@@ -66,20 +67,6 @@ class Stage:
         if message not in self.warned:
             self.warned.add(message)
             warnings.warn(message, stacklevel=2)
-
-
-@dataclass
-class Results:
-    """Per distinct text of one call: its vector, tokens as sent, cost, and why it failed."""
-
-    vectors: np.ndarray
-    tokens: np.ndarray
-    cost: np.ndarray
-    errors: dict[int, str] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls, n: int, dim: int) -> Results:
-        return cls(np.zeros((n, dim), np.float32), np.zeros(n, np.int64), np.zeros(n, np.float64))
 
 
 class Fetch:
@@ -395,6 +382,7 @@ class Fetch:
                     res.errors[i] = "the chunks' vectors do not combine into a finite vector"
                 done = np.array([i for i in done.tolist() if i not in res.errors], dtype=np.int64)
             items = [(self.keys[i], res.vectors[i], int(res.tokens[i])) for i in done.tolist()]
+            res.place(done)  # their rows of the output, while the server works on the rest
         try:
             if getattr(self.cache, "unwritable", None):  # opened read-only, and said so then
                 raise CacheError("unwritable")

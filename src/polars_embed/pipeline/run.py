@@ -28,7 +28,7 @@ import polars as pl
 from ..caches import MemoryCache, NoCache
 from ..errors import BatchPendingError, BudgetExceededError, PolarsEmbedError, RowsFailedError
 from .assemble import hit_rows
-from .fetch import Results
+from .results import Results
 from .stats import RunStats
 
 if TYPE_CHECKING:

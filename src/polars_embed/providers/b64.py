@@ -46,8 +46,9 @@ def encoded_width(dim: int) -> int:
 
 
 def decode_rows(strings: Sequence[object], dim: int) -> np.ndarray | None:
-    """``(len(strings), dim)`` float32 (little-endian) decoded from base64 strings, or None
-    when any of them is not one vector of ``dim`` (the caller then finds which).
+    """``(len(strings), dim)`` float32 (little-endian) decoded from base64 strings (``str``,
+    or bytes and memoryviews of ASCII), or None when any of them is not one vector of ``dim``
+    (the caller then finds which).
 
     Each string has exactly ``encoded_width(dim)`` characters. When a vector needs no padding
     (``4 * dim`` a multiple of 3: 768, 1,536, 3,072 dimensions) the strings are decoded as
@@ -56,11 +57,17 @@ def decode_rows(strings: Sequence[object], dim: int) -> np.ndarray | None:
     Otherwise each string is decoded alone and must give one vector's bytes.
     """
     width, size = encoded_width(dim), 4 * dim
+    if all(type(s) is str for s in strings):
+        joiner: str | bytes = ""
+    elif all(isinstance(s, (bytes, memoryview)) for s in strings):
+        joiner = b""
+    else:
+        return None
     try:
-        if not all(type(s) is str for s in strings) or any(len(s) != width for s in strings):  # type: ignore[arg-type]
+        if any(len(s) != width for s in strings):  # type: ignore[arg-type]
             return None
         if size % 3 == 0:
-            raw = decode("".join(strings))  # type: ignore[arg-type]
+            raw = decode(joiner.join(strings))  # type: ignore[arg-type]
             if len(raw) != size * len(strings):
                 return None
         else:
