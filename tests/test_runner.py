@@ -180,3 +180,31 @@ def test_backoff_doubles_up_to_its_cap_with_bounded_jitter():
     for attempt, floor in [(1, 0.25), (2, 0.5), (3, 1.0), (8, 20.0), (2000, 20.0)]:
         state.attempt_number = attempt
         assert floor <= wait(state) <= floor + 0.5
+
+
+def test_a_finished_call_lets_its_vectors_go_without_the_garbage_collector(make_embedder, monkeypatch):
+    """tenacity keeps each request's state in a reference cycle; a call's vectors must not
+    wait in it for a collection (several partitions' worth at once pushed a 1,000,000-row
+    run's peak memory up by hundreds of MB)."""
+    import gc
+    import weakref
+
+    from polars_embed.pipeline import results
+
+    made: list[weakref.ref] = []
+    empty = results.Results.empty
+
+    def watched(*args, **kwargs):
+        res = empty(*args, **kwargs)
+        made.append(weakref.ref(res))
+        return res
+
+    emb = make_embedder(limits=Limits(max_inputs=50))
+    monkeypatch.setattr(results.Results, "empty", watched)
+    gc.disable()
+    try:
+        for k in range(3):
+            emb.embed(pl.Series("text", [f"cycle {k} {i}" for i in range(400)]))
+        assert len(made) == 3 and all(ref() is None for ref in made)
+    finally:
+        gc.enable()
