@@ -49,7 +49,8 @@ def test_rows_placed_as_texts_finish_are_the_rows_a_take_would_give(inverse, pla
     from polars_embed.pipeline.results import Results
 
     inv = np.asarray(inverse, dtype=np.int64)
-    res = Results.empty(10, 3, inv)
+    res = Results(np.zeros((10, 3), np.float32), np.zeros(10, np.int64), np.zeros(10), inverse=inv)  # placed, however small
+    assert Results.empty(10, 3, inv).inverse is None  # (empty() places only outputs of PLACE_BYTES or more)
     res.vectors[:] = np.arange(30, dtype=np.float32).reshape(10, 3) + 1
     done: set[int] = set()
     for batch in placed:

@@ -5,7 +5,7 @@ The rows are filled as texts finish (``Results.place``, by the fetch after each 
 while the server still works on the others: the output buffer (20,000 rows x 3,072
 dimensions is 246 MB) is written, and its memory first touched, while the client would
 otherwise wait, and ``rows()`` at the end copies only what was not placed yet (cache hits,
-texts another call fetched).
+texts another call fetched). Only outputs of ``PLACE_BYTES`` or more are placed so.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+#: The output size (bytes) from which rows are placed as their texts finish.
+PLACE_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -31,6 +34,11 @@ class Results:
 
     @classmethod
     def empty(cls, n: int, dim: int, inverse: np.ndarray | None = None) -> Results:
+        """Results of ``n`` texts; rows are placed as texts finish only for an output of
+        ``PLACE_BYTES`` or more (a smaller one is copied at the end in milliseconds, and a
+        streamed run's partitions in flight would each hold theirs meanwhile)."""
+        if inverse is not None and len(inverse) * dim * 4 < PLACE_BYTES:
+            inverse = None
         return cls(np.zeros((n, dim), np.float32), np.zeros(n, np.int64), np.zeros(n, np.float64), inverse=inverse)
 
     def _rows_of(self, texts: np.ndarray) -> np.ndarray:
