@@ -145,7 +145,7 @@ class DiskCache:
             self._cache = diskcache.Cache(str(self.directory), disk=_raw_only_disk(), eviction_policy="none",
                                           size_limit=2**62, statistics=False, sqlite_wal_autocheckpoint=0,
                                           sqlite_cache_size=-(2**13))  # KiB
-            self._checkpointer = Checkpointer(self._cache, self.directory / "cache.db-wal")
+            self._checkpointer = Checkpointer(self._cache)
             return
         except Exception as exc:  # noqa: BLE001 - sorted out below: unwritable, or damaged
             error = exc
@@ -249,7 +249,7 @@ class DiskCache:
                 for key, value in large:
                     db.set(key, value, tag=tag)
             if self._checkpointer is not None:
-                self._checkpointer.poke()
+                self._checkpointer.poke(sum(len(v) for v in inline[4::5]) + sum(len(v) for _, v in large))
         except Exception as exc:
             kind = "full or read-only" if _cannot_write(exc) else "failed"
             msg = f"cannot write to the cache at {self.directory} ({kind}: {_reason(exc)})"

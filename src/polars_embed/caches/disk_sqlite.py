@@ -5,8 +5,8 @@ SQLite's own checkpoint runs in the commit that grows the log past its limit: th
 copies 64 MiB into the database and syncs it (0.14 s on this project's test machine) while
 every other answer of the run waits for the write lock behind it, at the end of a cold run
 where nothing else can happen. ``DiskCache`` turns the automatic checkpoint off on its
-connections and pokes a ``Checkpointer`` after each write instead: past ``LIMIT`` bytes of
-log, a thread of its own runs a passive checkpoint, which never blocks a writer or a reader.
+connections and pokes a ``Checkpointer`` after each write instead: every ``LIMIT`` bytes
+written, a thread of its own runs a passive checkpoint, which never blocks a writer or a reader.
 When the last connection to a cache closes, SQLite copies what is left and removes the log.
 """
 
@@ -92,24 +92,24 @@ LIMIT = 64 * 2**20
 class Checkpointer:
     """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on ``db`` in a thread of its own when asked."""
 
-    def __init__(self, db: Any, log: Path) -> None:
-        self.db, self.log = db, log
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self._written = 0  # bytes stored since the last checkpoint was asked for
         self._wanted = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.done = 0  # checkpoints run (for tests)
 
-    def poke(self) -> None:
-        """After a write: start a checkpoint if the log has grown past ``LIMIT``."""
-        try:
-            if self.log.stat().st_size < LIMIT:
-                return
-        except OSError:
-            return
+    def poke(self, written: int) -> None:
+        """After a write of ``written`` bytes: start a checkpoint once ``LIMIT`` bytes were
+        written since the last one. (Not the log's size: SQLite writes it again from its
+        start after a checkpoint, and the file keeps its largest size.)"""
         with self._lock:
-            if self._closing:
+            self._written += written
+            if self._written < LIMIT or self._closing:
                 return
+            self._written = 0
             if self._thread is None or not self._thread.is_alive():  # (not alive: a forked process)
                 self._thread = threading.Thread(target=self._run, name="polars-embed-checkpoint", daemon=True)
                 self._thread.start()
