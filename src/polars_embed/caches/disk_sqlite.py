@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 #: Page size of a new cache. A vector of 1,536 dimensions (6 KB stored) fits in one page with
 #: four others instead of spilling into an overflow page of SQLite's default 4 KB: a cold
-#: 1,536-dimension run spends about a third less CPU writing, and the file is ~25% smaller. A
+#: 1,536-dimension run spends about a third less CPU writing, and the file is ~20% smaller. A
 #: cache created before keeps its pages (SQLite changes them only by a VACUUM out of WAL mode).
 PAGE_SIZE = 32768
 
