@@ -238,7 +238,9 @@ class DiskCache:
         now = time.time()
         inline: list[Any] = []  # the statements' parameters, 5 an entry
         large: list[tuple[bytes, bytes]] = []
+        written = 0
         for key, value in _encoded(items):
+            written += len(value)
             if len(value) < limit:
                 inline += (key, now, now, tag, value)
             else:
@@ -249,7 +251,7 @@ class DiskCache:
                 for key, value in large:
                     db.set(key, value, tag=tag)
             if self._checkpointer is not None:
-                self._checkpointer.poke(sum(len(v) for v in inline[4::5]) + sum(len(v) for _, v in large))
+                self._checkpointer.poke(written)
         except Exception as exc:
             kind = "full or read-only" if _cannot_write(exc) else "failed"
             msg = f"cannot write to the cache at {self.directory} ({kind}: {_reason(exc)})"
