@@ -138,6 +138,22 @@ def test_the_cli_ledger_shows_cost_and_hit_rate(server, tmp_path, monkeypatch, c
     assert "…" not in out and "1,500" in out
 
 
+def test_main_gives_the_logger_and_warnings_back(tmp_path, capsys, caplog):
+    """A program (or a test) that calls ``main()`` keeps its own logging: the command's stderr
+    handler goes when it returns, and it writes to the stderr of the moment, so a swapped and
+    closed one (pytest's capture) raises no logging error while the command runs."""
+    import logging
+    import warnings
+
+    library = logging.getLogger("polars_embed")
+    before = library.handlers[:], library.propagate, library.level, warnings.showwarning
+    assert main(["cache", "stats", "--cache", str(tmp_path / "cache")]) == 0
+    assert (library.handlers, library.propagate, library.level, warnings.showwarning) == before
+    with caplog.at_level(logging.INFO, logger="polars_embed"):
+        library.info("after the command")
+    assert "after the command" in caplog.text and "polars-embed:" not in capsys.readouterr().err
+
+
 def test_cache_stats_names_model_and_dimensions(make_embedder, capsys, tmp_path):
     emb = make_embedder(model="text-embedding-3-small", dimensions=16)
     emb.embed(pl.Series("text", ["one", "two"]))

@@ -4,10 +4,13 @@ in the words of the command line (``--dimensions``, not ``dimensions=``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import sys
+import warnings
+from typing import TYPE_CHECKING
 
 from ..errors import (
     BudgetExceededError,
@@ -20,6 +23,10 @@ from ..errors import (
     ProviderError,
     SharedStateError,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import TextIO
 
 DEFAULT_MODEL = "local:all-MiniLM-L6-v2"
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_BUDGET, EXIT_LOCKED, EXIT_PROVIDER, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -34,12 +41,36 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(event)
 
 
-def setup_logging(args: argparse.Namespace) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged (as ``logging.lastResort``
+    does), not to the stream it was when the command started: a caller that swaps stderr
+    (pytest's capture, a notebook) and closes the old one gets no logging errors."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+
+@contextlib.contextmanager
+def cli_logging(args: argparse.Namespace) -> Iterator[None]:
+    """The command's log lines on stderr, and warnings (a cache or a ledger that cannot be
+    written) as one log line each instead of file:line noise; a program that called ``main()``
+    gets its logger and ``warnings.showwarning`` back when the command returns."""
+    handlers, propagate, level, showwarning = log.handlers[:], log.propagate, log.level, warnings.showwarning
+    handler = _Stderr()
     handler.setFormatter(_JsonFormatter() if args.log_json else logging.Formatter("polars-embed: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.DEBUG if args.debug else logging.INFO if not args.quiet else logging.WARNING)
+    warnings.showwarning = lambda message, *_, **__: log.warning(str(message).removeprefix("polars-embed: "))
+    try:
+        yield
+    finally:
+        log.handlers[:], log.propagate, warnings.showwarning = handlers, propagate, showwarning
+        log.setLevel(level)
 
 
 def add_common(p: argparse.ArgumentParser, *, bar: bool = False) -> None:

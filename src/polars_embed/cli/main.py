@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import PolarsEmbedError
 from . import batch, cache, doctor, ledger, run, serve
-from .common import EXIT_INTERRUPTED, exit_code, for_cli, log, setup_logging
+from .common import EXIT_INTERRUPTED, cli_logging, exit_code, for_cli, log
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,9 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ("quiet", "log_json", "debug"):
         setattr(args, name, getattr(args, name, False) or getattr(args, name + "_"))
-    setup_logging(args)
-    # warnings (a cache or a ledger that cannot be written) are one log line each, not file:line noise
-    warnings.showwarning = lambda message, *_, **__: log.warning(str(message).removeprefix("polars-embed: "))
+    with cli_logging(args):
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command].command(args)
     except PolarsEmbedError as exc:
