@@ -86,8 +86,8 @@ class Ledger:
                         if column not in have:  # a ledger written by an older version
                             con.execute(f'ALTER TABLE runs ADD COLUMN "{column}" {_TYPES.get(column, "TEXT")}')
                     break
-                except sqlite3.OperationalError:
-                    if attempt == 99:
+                except sqlite3.OperationalError as exc:
+                    if attempt == 99 or "locked" not in str(exc):  # a full disk or a bad path: at once
                         raise
                     time.sleep(0.05)
             self._ready = True

@@ -111,8 +111,8 @@ class Manifest:
                 finally:
                     con.close()
                 break
-            except sqlite3.OperationalError:
-                if attempt == 99:
+            except sqlite3.OperationalError as exc:
+                if attempt == 99 or "locked" not in str(exc):  # a full disk or a bad path: at once
                     raise
                 time.sleep(0.05)
         con = self._connect()
