@@ -168,7 +168,7 @@ def test_the_shipped_pipeline_script_runs(server, tmp_path):
 
     repo = pathlib.Path(__file__).parent.parent
     env = {**os.environ, "OPENAI_API_KEY": "k", "POLARS_EMBED_OUT": str(tmp_path / "out"),
-           "POLARS_EMBED_CACHE": str(tmp_path / "cache"), "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "POLARS_EMBED_CACHE": str(tmp_path / "cache"), "POLARS_EMBED_EXE": str(pathlib.Path(sys.executable).parent / "polars-embed")}
     args = ["--model", "text-embedding-3-small", "--dimensions", "8", "--base-url", server.url]
     proc = subprocess.run(["bash", str(repo / "pipelines" / "embed_sample.sh"), *args], check=False, env=env,
                           capture_output=True, text=True)

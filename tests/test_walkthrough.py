@@ -64,7 +64,8 @@ def test_the_readme_in_one_shell_keeps_the_demos_cache_and_output(tmp_path):
     # the scheduled pipeline: the same cache, every text found there
     out = tmp_path / "pipeline-out"
     pipeline = subprocess.run(["bash", str(REPO / "pipelines" / "embed_sample.sh")], capture_output=True, text=True,
-                              env={**shell, "POLARS_EMBED_OUT": str(out)}, check=False)
+                              env={**shell, "POLARS_EMBED_OUT": str(out), "POLARS_EMBED_EXE": str(BIN / "polars-embed")},
+                              check=False)
     assert pipeline.returncode == 0, (out / "pipeline.log").read_text()
     events = [json.loads(line) for line in (out / "pipeline.log").read_text().splitlines()]
     summary = next(e for e in events if e.get("event") == "summary")
