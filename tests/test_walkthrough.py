@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from test_docs import README, block_after, demo_command
+from test_docs import README, block_after, cli_transcript, demo_command, normal_transcript
 
 REPO = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -57,9 +57,9 @@ def test_the_readme_in_one_shell_keeps_the_demos_cache_and_output(tmp_path):
         server.wait(10)
 
     # the command line, after the Python section, in the same shell: all hits
-    command = re.search(r"```console\n\$ (polars-embed run [^\n]+)\n", README).group(1).split()
-    cli = run([str(BIN / "polars-embed"), *command[1:]]).stdout
-    assert "new texts      0 embedded" in cli and "4,798 in the cache before this run" in cli, cli
+    command, expected = cli_transcript()
+    cli = run([str(BIN / "polars-embed"), *command[1:]])
+    assert normal_transcript(cli.stderr + cli.stdout) == normal_transcript(expected)  # as printed
 
     # the scheduled pipeline: the same cache, every text found there
     out = tmp_path / "pipeline-out"
