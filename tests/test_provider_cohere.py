@@ -134,16 +134,15 @@ def test_a_model_of_unknown_size_needs_dimensions(cserver, tmp_path):
 def test_no_429_under_a_quota(tmp_path):
     """Cohere documents no rate-limit headers, so the quota is given (``rpm``/``tpm``) and none
     is learnt: no 429 at all. The server's clock runs ``scale`` times fast, so the limiter's
-    does too (a "minute" lasts 1 s for both), so the SDK is loaded first (``prepare``: 0.4 s,
-    half a sped-up minute, between the first request's turn and its arrival), and the limiter
-    keeps a little under the server's 30 requests a minute: a request is counted when it
-    leaves and by the server when it arrives (the first, which connects, arrives last)."""
+    does too (a "minute" lasts 1 s for both). Requests wait for the SDK to load (``prepare``,
+    0.4 s, half a sped-up minute) before they take their turn, and the limiter keeps a little
+    under the server's 30 requests a minute: a request is counted when it leaves and by the
+    server when it arrives (the first, which connects, arrives last)."""
     scale = 60.0
     with EmbeddingServer(api_key=KEY, rpm=30, tpm=6000, time_scale=scale) as srv:
         limiter = RateLimiter(28, 6000, clock=lambda: time.monotonic() * scale, sleep=lambda s: time.sleep(s / scale))
         emb = make(srv, tmp_path, limiter=limiter, limits=Limits(max_inputs=10, max_request_tokens=40960, max_input_tokens=4096))
         texts = [f"quota text number {i}" for i in range(600)]
-        emb.provider.prepare()
         started = time.monotonic()
         out = pl.DataFrame({"text": texts}).with_columns(emb.expr("text"))
         assert srv.count(429) == 0 and srv.requests == 60

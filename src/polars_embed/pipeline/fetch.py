@@ -103,6 +103,7 @@ class Fetch:
         self.uncounted: list[list[Piece]] = []  # requests sent before their tokens were counted
         self.counted: dict[tuple[int, int, int], list[Piece]] = {}  # ... and their counts
         self.lost: set[int] = set()  # texts whose claims another worker took over (``fenced``): its to send
+        self.prepared: list[Future[Any]] = []  # the provider's ``prepare()``, which requests wait for
         self._lock = threading.Lock()
 
     # -- schedule ----------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class Fetch:
         limiter, pool = stage.runner.limiter, stage.runner.pool
         prepare = getattr(stage.provider, "prepare", None)
         if callable(prepare):
-            pool.submit(prepare)
+            self.prepared.append(pool.submit(prepare))
         probe = stage.provider.waits_on_network and limiter.claim_probe()
         steps = schedule(self.todo, self.tokenize, stage.sizing, stream=stage.provider.waits_on_network,
                          probe=probe, check_first=stage.policy == "error", untokenized=self.untokenized)
@@ -251,6 +252,7 @@ class Fetch:
 
     def send(self, batch: list[Piece]) -> None:
         """One request; refused for its inputs, it is bisected down to the offending rows."""
+        wait(self.prepared)  # the client is built (the SDK imported) before a request takes its turn of the quota
         refused = self.attempt(batch)
         if refused is not None:
             self.bisect(batch, refused)

@@ -93,7 +93,8 @@ class Provider(Protocol):
     def identity(self, policy: str) -> VectorIdentity: ...
 
     # Optional: ``prepare()`` opens what the first request needs (a client); a run calls it
-    # on its pool while it tokenizes, so the first request does not wait for it.
+    # on its pool while it tokenizes, and a request waits for it before it takes its turn of
+    # the quota (an SDK that takes a second to import would otherwise hold turns it cannot use).
     # Optional: ``use_policy(on_long_input)``, called once by the embedder before ``identity``: a
     # provider that can truncate server-side (Voyage, Cohere) does so for "truncate" and
     # leaves the exact cut to the pipeline for "chunk" and "error".
