@@ -214,7 +214,10 @@ class EmbeddingServer:
         handler = type("Handler", (_Handler,), {"server_state": self})
         self._httpd = _QuietHTTPServer((self.host, self.port), handler)
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="embedding-server", daemon=True)
+        # stop() waits for the loop to see its request, up to one poll: socketserver's 0.5 s
+        # was half a second of every test that starts a server (115 s of the suite)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="embedding-server", daemon=True)
         self._thread.start()
         return self
 
